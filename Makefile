@@ -1,0 +1,52 @@
+# cxr-triage: `make demo` and `make test` work on a fresh machine (Python 3.11, Debian, PyPI reachable).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+REPOSITORY := build/model_repository
+STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: setup demo test test-fast serve repository train train-seg train-cls evaluate lock clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements/lock.txt
+	$(PIP) install -q --no-deps nvidia-pytriton==0.7.0
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*; touch $@
+
+repository: setup
+	$(PY) -m export.build_repository --out $(REPOSITORY)
+
+demo: repository
+	$(PY) -m client.demo --repository $(REPOSITORY)
+
+test: repository
+	$(PY) -m pytest -q -rs
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not triton"
+
+serve: repository
+	$(VENV)/bin/cxr serve --model-repository $(REPOSITORY)
+
+evaluate: repository
+	$(VENV)/bin/cxr evaluate --split test
+
+# Reproduce the shipped weights (about 35 + 30 minutes on 2 CPU cores).
+train: train-seg train-cls
+train-seg: setup
+	$(PY) -m training.train_segmenter --config training/configs/lung_resunet18.yaml --ship
+train-cls: setup
+	$(PY) -m training.train_classifier --config training/configs/mobilenetv2_mdconv_ma.yaml --ship
+
+lock: setup
+	{ head -2 requirements/lock.txt; $(PIP) freeze | grep -v -e pytriton -e '^-e'; } > requirements/lock.new && mv requirements/lock.new requirements/lock.txt
+
+clean:
+	rm -rf build runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Clients for the cxr-triage service: gRPC library, CLI commands, evaluation."""

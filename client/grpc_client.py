@@ -1,0 +1,118 @@
+"""gRPC client for the ``cxr_triage`` ensemble (tritonclient), as a PACS integration calls it.
+
+Stock tritonclient users can do the same by hand: send the encoded file as one ``BYTES`` element of
+``image_bytes`` (shape ``[1, 1]``) and read the outputs listed in :data:`cxr.specs.ENSEMBLE_OUTPUTS`.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from cxr.labels import LABELS
+from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
+
+DEFAULT_OUTPUTS = ("label", "triage", "lung_fraction", "probabilities")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class TriageOutput:
+    """One image's answer: either a result or ``error``."""
+
+    name: str
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    triage: dict = field(default_factory=dict)
+    lung_fraction: float | None = None
+    latency_ms: float = 0.0
+    request_id: str = ""
+    error: str | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        """The ``cxr classify --json`` line."""
+        if self.error is not None:
+            return {"file": self.name, "error": self.error}
+        return {
+            "file": self.name,
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "triage": {k: v for k, v in self.triage.items() if k != "model_versions"},
+            "lung_fraction": self.lung_fraction,
+            "model_versions": self.triage.get("model_versions", {}),
+            "latency_ms": round(self.latency_ms, 2),
+        }
+
+
+class TriageClient:
+    """Send encoded images (DICOM/PNG/JPEG bytes) to ``cxr_triage`` over gRPC.
+
+    Args:
+        url: ``HOST:PORT`` of Triton's gRPC endpoint.
+        model: ensemble name.
+        timeout_s: per-request client timeout.
+        outputs: which ensemble outputs to fetch (add ``cam``/``lung_mask`` for maps).
+    """
+
+    def __init__(self, url: str = "localhost:8001", model: str = ENSEMBLE_NAME, timeout_s: float = 60.0,
+                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> None:
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        self.client = grpcclient.InferenceServerClient(url=url, channel_args=options)
+        self.model, self.timeout_s, self.outputs = model, timeout_s, tuple(outputs)
+
+    def is_ready(self) -> bool:
+        try:
+            return self.client.is_server_ready() and self.client.is_model_ready(self.model)
+        except InferenceServerException:
+            return False
+
+    def triage(self, data: bytes, name: str = "image", request_id: str | None = None) -> TriageOutput:
+        """Triage one encoded image; server-side rejections come back as ``TriageOutput.error``."""
+        request_id = request_id or uuid.uuid4().hex
+        inp = grpcclient.InferInput(IMAGE_BYTES.name, [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[data]], dtype=object))
+        outputs = [grpcclient.InferRequestedOutput(n) for n in self.outputs]
+        start = time.perf_counter()
+        try:
+            result = self.client.infer(self.model, [inp], outputs=outputs, request_id=request_id,
+                                       client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            return TriageOutput(name, error=exc.message() or str(exc), request_id=request_id,
+                                latency_ms=(time.perf_counter() - start) * 1e3)
+        latency = (time.perf_counter() - start) * 1e3
+        return _parse(name, result, self.outputs, latency, request_id)
+
+    def triage_many(self, items: Iterable[tuple[str, bytes]], concurrency: int = 8) -> Iterator[TriageOutput]:
+        """Triage ``(name, bytes)`` pairs with ``concurrency`` requests in flight; yields in input order."""
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            yield from pool.map(lambda item: self.triage(item[1], item[0]), items)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _parse(name: str, result, outputs: tuple[str, ...], latency_ms: float, request_id: str) -> TriageOutput:
+    arrays = {n: result.as_numpy(n) for n in outputs}
+    out = TriageOutput(name, latency_ms=latency_ms, request_id=request_id, arrays=arrays)
+    if "label" in arrays:
+        out.label = _text(arrays["label"])
+    if "triage" in arrays:
+        out.triage = json.loads(_text(arrays["triage"]))
+    if "lung_fraction" in arrays:
+        out.lung_fraction = round(float(arrays["lung_fraction"].reshape(-1)[0]), 4)
+    if "probabilities" in arrays:
+        out.probabilities = {label: round(float(p), 4) for label, p in zip(LABELS, arrays["probabilities"].reshape(-1))}
+    return out
+
+
+def _text(array: np.ndarray) -> str:
+    value = array.reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else str(value)

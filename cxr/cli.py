@@ -1,0 +1,95 @@
+"""The ``cxr`` command line: serve, classify, evaluate, build-repository.
+
+Subcommands import their modules lazily, so ``cxr classify`` needs only the client dependencies.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cxr.server import TritonServer
+
+    server = TritonServer(args.model_repository, args.grpc_port, args.http_port, args.metrics_port, args.log_file)
+    print(f"starting Triton on {args.model_repository} (log: {server.log_path}) ...", flush=True)
+    server.start(timeout_s=args.timeout)
+    print(f"ready: gRPC :{args.grpc_port}  HTTP :{args.http_port}  metrics :{args.metrics_port}  (Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+        return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from client.classify import run
+
+    return run(args.paths, args.url, args.json, args.concurrency)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from client.evaluate import run
+
+    return run(args.manifest, None if args.split == "all" else args.split, args.url, args.repository, args.json)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from export.build_repository import main
+
+    main(["--out", args.out, "--profile", args.profile])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray triage on Triton Inference Server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run Triton (CPU, from the nvidia-pytriton wheel) in the foreground")
+    serve.add_argument("--model-repository", default="build/model_repository")
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--log-file", help="server log (default: a temp file)")
+    serve.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
+    serve.set_defaults(func=_serve)
+
+    classify = sub.add_parser("classify", help="triage image files (DICOM/PNG/JPEG) over gRPC")
+    classify.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    classify.add_argument("--url", default="localhost:8001", help="Triton gRPC HOST:PORT")
+    classify.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    classify.add_argument("--concurrency", type=int, default=8)
+    classify.set_defaults(func=_classify)
+
+    evaluate = sub.add_parser("evaluate", help="metrics of the shipped models on a manifest split")
+    evaluate.add_argument("--manifest", default=None, help="CSV in the shared manifest format")
+    evaluate.add_argument("--split", default="test", help="train/val/test or 'all'")
+    evaluate.add_argument("--url", help="evaluate through the served ensemble at HOST:PORT (default: ONNX in-process)")
+    evaluate.add_argument("--repository", default="build/model_repository", help="built repository (ONNX path)")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=_evaluate)
+
+    build = sub.add_parser("build-repository", help="export ONNX (parity-checked) and write the Triton repository")
+    build.add_argument("--out", default="build/model_repository")
+    build.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
+    build.set_defaults(func=_build)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "manifest", "unset") is None:
+        from training.data.manifest import DEFAULT_MANIFEST
+
+        args.manifest = str(DEFAULT_MANIFEST)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Run the real Triton Inference Server 2.51 shipped in the ``nvidia-pytriton`` wheel, on CPU.
+
+The wheel holds ``tritonserver``, the python backend and per-Python-version stubs. We assemble a
+backend directory (backend library + the stub for this interpreter), put ``libpython`` and the wheel's
+bundled libraries on ``LD_LIBRARY_PATH`` and this environment's ``bin`` first on ``PATH`` so the stub
+embeds *this* environment's Python (which must have numpy<2: the stub returns empty tensors with 2.x).
+GPU hosts run the NGC ``tritonserver`` container on the same repository instead.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """Triton could not be started or did not become ready."""
+
+
+def pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("nvidia-pytriton is not installed (make setup installs it with --no-deps)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def prepare_backends(work_dir: Path) -> Path:
+    """Create ``work_dir/python`` with the python backend and the stub for this Python version."""
+    root = pytriton_root() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerError(f"no python backend stub for Python {version} in {stub.parent.parent}")
+    backend = work_dir / "python"
+    backend.mkdir(parents=True, exist_ok=True)
+    for src in (root / "backends" / "python" / "libtriton_python.so", root / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        dst = backend / src.name
+        if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+            shutil.copy2(src, dst)
+    return work_dir
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    libs = [sysconfig.get_config_var("LIBDIR"), str(pytriton_root().parent / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+class TritonServer:
+    """Start/stop ``tritonserver`` on a model repository; usable as a context manager.
+
+    Args:
+        repository: model repository folder.
+        grpc_port, http_port, metrics_port: listening ports (loopback and all interfaces).
+        log_path: where the server's output goes (a temp file by default).
+        extra_args: more ``tritonserver`` flags.
+    """
+
+    def __init__(
+        self,
+        repository: str | Path,
+        grpc_port: int = 8001,
+        http_port: int = 8000,
+        metrics_port: int = 8002,
+        log_path: str | Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        if not (self.repository.is_dir() and any(self.repository.glob("*/config.pbtxt"))):
+            raise ServerError(f"{self.repository} is not a model repository (build it: python -m export.build_repository)")
+        self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self.extra_args = tuple(extra_args)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        backends = prepare_backends(Path(tempfile.gettempdir()) / f"cxr-triage-backends-{os.getuid()}")
+        return [
+            str(pytriton_root() / "tritonserver" / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-port={self.http_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-cpu-metrics=true",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout_s: float = 180.0) -> "TritonServer":
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
+        self.wait_ready(timeout_s)
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://localhost:{self.http_port}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise ServerError(f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,167 @@
+"""Model and pipeline specifications: the single source of tensor names, shapes and input settings.
+
+Export (ONNX names), ``config.pbtxt`` rendering, the Triton python models and the client all read
+these objects; nobody types a tensor name or input size twice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cxr.labels import LABELS
+
+# Triton data type -> numpy dtype string.
+NUMPY_DTYPES = {"TYPE_FP32": "float32", "TYPE_UINT8": "uint8", "TYPE_INT32": "int32", "TYPE_STRING": "object"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor; ``dims`` exclude the batch axis (-1 marks a variable axis)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+
+    @property
+    def numpy_dtype(self) -> str:
+        return NUMPY_DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that travels with a trained network.
+
+    Attributes:
+        name: registry name of the architecture (``create_model(name)``).
+        role: Triton model name it is served under.
+        input_size: ``(H, W)`` the network takes; images are letterboxed to it.
+        mean, std: normalisation applied after scaling pixels to ``[0, 1]``.
+        labels: output label order (classifiers only).
+        inputs, outputs: named tensors of the exported graph.
+        weights: file name under ``weights/``.
+        max_batch_size, preferred_batch_sizes: Triton dynamic-batching settings.
+        arch: keyword arguments for ``create_model``.
+    """
+
+    name: str
+    role: str
+    input_size: tuple[int, int]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    weights: str
+    mean: float = 0.5
+    std: float = 0.25
+    labels: tuple[str, ...] = ()
+    max_batch_size: int = 32
+    preferred_batch_sizes: tuple[int, ...] = (4, 8, 16)
+    max_queue_delay_us: int = 2000
+    arch: dict = field(default_factory=dict)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name, self.name)
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name, self.name)
+
+
+def _by_name(tensors: tuple[TensorSpec, ...], name: str, owner: str) -> TensorSpec:
+    for tensor in tensors:
+        if tensor.name == name:
+            return tensor
+    raise ValueError(f"{owner} has no tensor {name!r}; it has {[t.name for t in tensors]}")
+
+
+SEG_SIZE = (256, 256)
+CLS_SIZE = (256, 256)
+CAM_SIZE = (CLS_SIZE[0] // 32, CLS_SIZE[1] // 32)
+
+LUNG_SEGMENTATION = ModelSpec(
+    name="lung_resunet18",
+    role="lung_segmentation",
+    input_size=SEG_SIZE,
+    inputs=(TensorSpec("seg_image", "TYPE_FP32", (1, *SEG_SIZE)),),
+    outputs=(TensorSpec("lung_mask", "TYPE_FP32", (1, *SEG_SIZE)),),
+    weights="lung_resunet18.pt",
+    arch={"encoder_name": "resnet18", "decoder_channels": (128, 64, 32, 16, 16)},
+)
+
+CLASSIFIER = ModelSpec(
+    name="mobilenetv2_mdconv_ma",
+    role="cxr_classifier",
+    input_size=CLS_SIZE,
+    inputs=(
+        TensorSpec("cls_image", "TYPE_FP32", (1, *CLS_SIZE)),
+        TensorSpec("lung_mask", "TYPE_FP32", (1, *SEG_SIZE)),
+    ),
+    outputs=(
+        TensorSpec("logits", "TYPE_FP32", (len(LABELS),)),
+        TensorSpec("probabilities", "TYPE_FP32", (len(LABELS),)),
+        TensorSpec("cam", "TYPE_FP32", (len(LABELS), *CAM_SIZE)),
+    ),
+    weights="mobilenetv2_mdconv_ma.pt",
+    labels=LABELS,
+)
+
+MODEL_SPECS: dict[str, ModelSpec] = {s.role: s for s in (LUNG_SEGMENTATION, CLASSIFIER)}
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A python-backend step of the pipeline (no weights)."""
+
+    role: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 32
+    instance_count: int = 1
+
+
+IMAGE_BYTES = TensorSpec("image_bytes", "TYPE_STRING", (1,))
+
+PREPROCESS = StepSpec(
+    role="cxr_preprocess",
+    inputs=(IMAGE_BYTES,),
+    outputs=(LUNG_SEGMENTATION.inputs[0], CLASSIFIER.inputs[0]),
+    instance_count=2,
+)
+
+ROUTER = StepSpec(
+    role="triage_router",
+    inputs=(
+        TensorSpec("class_probabilities", "TYPE_FP32", (len(LABELS),)),
+        TensorSpec("class_cam", "TYPE_FP32", (len(LABELS), *CAM_SIZE)),
+        TensorSpec("raw_lung_mask", "TYPE_FP32", (1, *SEG_SIZE)),
+    ),
+    outputs=(
+        TensorSpec("label", "TYPE_STRING", (1,)),
+        TensorSpec("triage", "TYPE_STRING", (1,)),
+        TensorSpec("lung_fraction", "TYPE_FP32", (1,)),
+        TensorSpec("lung_mask", "TYPE_UINT8", (1, *SEG_SIZE)),
+        CLASSIFIER.output("probabilities"),
+        CLASSIFIER.output("cam"),
+    ),
+)
+"""The last step returns every ensemble output (probabilities and CAM pass through it): Triton 2.51's
+ensemble fails a request ("unexpected deadlock") when a tensor that feeds a later step is also an ensemble
+output and the client does not ask for it."""
+
+ENSEMBLE_NAME = "cxr_triage"
+ENSEMBLE_INPUTS = (IMAGE_BYTES,)
+ENSEMBLE_OUTPUTS = ROUTER.outputs
+"""What ``cxr_triage`` returns: label, triage JSON, lung fraction, post-processed lung mask (uint8, in the
+letterboxed network frame), probabilities in :data:`cxr.labels.LABELS` order and the class-activation map."""
+
+# The ensemble's dataflow: (step role, {step input: ensemble tensor}, {step output: ensemble tensor}).
+ENSEMBLE_STEPS = (
+    ("cxr_preprocess", {"image_bytes": "image_bytes"}, {"seg_image": "seg_image", "cls_image": "cls_image"}),
+    ("lung_segmentation", {"seg_image": "seg_image"}, {"lung_mask": "raw_lung_mask"}),
+    (
+        "cxr_classifier",
+        {"cls_image": "cls_image", "lung_mask": "raw_lung_mask"},
+        {"probabilities": "class_probabilities", "cam": "class_cam"},
+    ),
+    (
+        "triage_router",
+        {"class_probabilities": "class_probabilities", "class_cam": "class_cam", "raw_lung_mask": "raw_lung_mask"},
+        {t.name: t.name for t in ROUTER.outputs},
+    ),
+)

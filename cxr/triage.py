@@ -1,0 +1,101 @@
+"""Triage logic: class probabilities -> priority (urgent / expedited / routine), top finding and reasons.
+
+Thresholds come from a versioned JSON file (``configs/triage_thresholds.json``), never from code, so a
+site can change them as a release of its own. Pure functions: the Triton ``triage_router`` calls them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from cxr.labels import LABELS
+
+PRIORITIES = ("urgent", "expedited", "routine")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Operating thresholds of one site release.
+
+    Attributes:
+        version: release id recorded in every result.
+        urgent / expedited: label -> probability at or above which the study gets that priority.
+        abnormal_expedited: ``1 - p(normal)`` at or above which the study is at least expedited.
+        min_lung_fraction: below this lung coverage the image is flagged for a human (not a usable CXR?).
+    """
+
+    version: str
+    urgent: dict[str, float] = field(default_factory=dict)
+    expedited: dict[str, float] = field(default_factory=dict)
+    abnormal_expedited: float = 1.0
+    min_lung_fraction: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Thresholds":
+        unknown = {k for section in ("urgent", "expedited") for k in raw.get(section, {})} - set(LABELS)
+        if unknown:
+            raise ValueError(f"thresholds name unknown labels {sorted(unknown)}; labels are {list(LABELS)}")
+        if "version" not in raw:
+            raise ValueError("thresholds file has no 'version'")
+        keys = {"version", "urgent", "expedited", "abnormal_expedited", "min_lung_fraction"}
+        return cls(**{k: v for k, v in raw.items() if k in keys})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Thresholds":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    priority: str
+    top_finding: str
+    top_probability: float
+    reasons: list[str]
+    thresholds_version: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def triage(probabilities: Sequence[float], lung_fraction: float, thresholds: Thresholds) -> TriageResult:
+    """Decide the priority of one study.
+
+    Args:
+        probabilities: one probability per label, in :data:`cxr.labels.LABELS` order.
+        lung_fraction: fraction of the image the segmenter found to be lung.
+        thresholds: the site's release.
+
+    Raises:
+        ValueError: ``probabilities`` does not have one value per label.
+    """
+    if len(probabilities) != len(LABELS):
+        raise ValueError(f"expected {len(LABELS)} probabilities ({', '.join(LABELS)}), got {len(probabilities)}")
+    probs = {label: float(p) for label, p in zip(LABELS, probabilities)}
+    top = max(probs, key=probs.get)
+    reasons: list[str] = []
+    priority = "routine"
+    flagged: set[str] = set()
+    for level, table in (("urgent", thresholds.urgent), ("expedited", thresholds.expedited)):
+        hits = [label for label, limit in table.items() if probs[label] >= limit and label not in flagged]
+        for label in hits:
+            reasons.append(f"{label} p={probs[label]:.2f} >= {table[label]:.2f} ({level})")
+            priority = _max_priority(priority, level)
+        flagged.update(hits)
+    abnormal = 1.0 - probs["normal"]
+    if abnormal >= thresholds.abnormal_expedited:
+        reasons.append(f"abnormal p={abnormal:.2f} >= {thresholds.abnormal_expedited:.2f} (expedited)")
+        priority = _max_priority(priority, "expedited")
+    if lung_fraction < thresholds.min_lung_fraction:
+        reasons.append(
+            f"lung fraction {lung_fraction:.3f} < {thresholds.min_lung_fraction:.3f}: lungs not found, check the image (expedited)"
+        )
+        priority = _max_priority(priority, "expedited")
+    if not reasons:
+        reasons.append(f"no threshold reached; top finding {top} p={probs[top]:.2f}")
+    return TriageResult(priority, top, probs[top], reasons, thresholds.version)
+
+
+def _max_priority(a: str, b: str) -> str:
+    return a if PRIORITIES.index(a) <= PRIORITIES.index(b) else b

@@ -1,0 +1,1 @@
+"""Export trained models to ONNX, check parity, render Triton configs and build the model repository."""

@@ -1,0 +1,106 @@
+"""Build a self-contained Triton model repository from the shipped weights and the specs.
+
+    python -m export.build_repository --out build/model_repository [--profile cpu|gpu]
+
+Each ONNX model is exported and parity-checked, every ``config.pbtxt`` is rendered from
+:mod:`cxr.specs`, the python models get their source and a copy of the ``cxr`` package beside them,
+so the folder can be copied to any Triton host (whose python needs numpy<2, Pillow, OpenCV, SciPy,
+pydicom and onnxruntime).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from cxr.labels import LABELS
+from cxr.specs import ENSEMBLE_NAME, MODEL_SPECS, PREPROCESS, ROUTER
+from export.pbtxt import PROFILES, render, repository_configs
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = REPO / "model_repository"
+THRESHOLDS = REPO / "configs" / "triage_thresholds.json"
+WEIGHTS = REPO / "weights"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _vendor_cxr(version_dir: Path) -> None:
+    target = version_dir / "cxr"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(REPO / "cxr", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def _export(role: str, onnx_path: Path, weights: Path, digest: str, previous: dict) -> dict:
+    """Export unless the same weights were already exported there; returns the parity record."""
+    from export.onnx import export_onnx
+
+    cached = previous.get("models", {}).get(role, {})
+    if onnx_path.exists() and cached.get("weights_sha256") == digest:
+        return cached["parity"]
+    parity = export_onnx(MODEL_SPECS[role], onnx_path, weights)
+    return {"max_abs_diff": parity.max_abs_diff, "mask_agreement": parity.mask_agreement}
+
+
+def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | Path = WEIGHTS, threads: int = 2) -> dict:
+    """Write the repository to ``out``; returns its build manifest (also written as ``out/build.json``)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    out, weights_dir = Path(out), Path(weights_dir)
+    manifest_path = out / "build.json"
+    previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = {"profile": profile, "models": {}, "thresholds_version": json.loads(THRESHOLDS.read_text())["version"]}
+    versions = {}
+    for role, spec in MODEL_SPECS.items():
+        weights = weights_dir / spec.weights
+        if not weights.exists():
+            raise FileNotFoundError(f"{role}: weights {weights} missing (train with `make train` or restore weights/)")
+        digest = sha256(weights)
+        version_dir = out / role / "1"
+        version_dir.mkdir(parents=True, exist_ok=True)
+        parity = _export(role, version_dir / "model.onnx", weights, digest, previous)
+        if profile == "cpu":
+            shutil.copy(SOURCES / "onnx_runtime" / "model.py", version_dir / "model.py")
+            _vendor_cxr(version_dir)
+        else:
+            (version_dir / "model.py").unlink(missing_ok=True)
+            shutil.rmtree(version_dir / "cxr", ignore_errors=True)
+        versions[role] = f"{spec.name}@1:{digest[:12]}"
+        manifest["models"][role] = {"model": spec.name, "weights": spec.weights, "weights_sha256": digest, "parity": parity}
+    (out / MODEL_SPECS["cxr_classifier"].role / "labels.txt").write_text("\n".join(LABELS) + "\n")
+
+    for step in (PREPROCESS, ROUTER):
+        version_dir = out / step.role / "1"
+        version_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SOURCES / step.role / "1" / "model.py", version_dir / "model.py")
+        _vendor_cxr(version_dir)
+    shutil.copy(THRESHOLDS, out / ROUTER.role / "1" / "thresholds.json")
+    (out / ENSEMBLE_NAME / "1").mkdir(parents=True, exist_ok=True)
+
+    for name, config in repository_configs(profile, versions, threads).items():
+        (out / name / "config.pbtxt").write_text(render(config))
+    manifest["model_versions"] = versions
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="build/model_repository")
+    parser.add_argument("--profile", choices=PROFILES, default="cpu")
+    parser.add_argument("--weights-dir", default=str(WEIGHTS))
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per model (cpu profile)")
+    args = parser.parse_args(argv)
+    manifest = build_repository(args.out, args.profile, args.weights_dir, args.threads)
+    for role, info in manifest["models"].items():
+        print(f"{role}: {info['model']} sha256 {info['weights_sha256'][:12]} parity {info['parity']}")
+    print(f"repository ({args.profile}) written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Render every ``config.pbtxt`` of the repository from :mod:`cxr.specs` (tritonclient's ModelConfig protobuf).
+
+Two profiles come from the same specs:
+
+- ``cpu``: the ONNX models run in python-backend adapters with ONNX Runtime (this machine's Triton wheel
+  has no onnxruntime backend).
+- ``gpu``: the stock ``onnxruntime_onnx`` platform on ``KIND_GPU`` with the TensorRT execution
+  accelerator in FP16 and an engine cache (for the NGC Triton container; not runnable here).
+"""
+from __future__ import annotations
+
+import json
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from cxr.specs import (
+    ENSEMBLE_INPUTS,
+    ENSEMBLE_NAME,
+    ENSEMBLE_OUTPUTS,
+    ENSEMBLE_STEPS,
+    MODEL_SPECS,
+    PREPROCESS,
+    ROUTER,
+    ModelSpec,
+    StepSpec,
+    TensorSpec,
+)
+
+PROFILES = ("cpu", "gpu")
+LABELS_FILE = "labels.txt"
+
+
+def _tensors(message_type, tensors: tuple[TensorSpec, ...], labelled: tuple[str, ...] = ()):
+    out = []
+    for t in tensors:
+        msg = message_type(name=t.name, data_type=mc.DataType.Value(t.dtype), dims=list(t.dims))
+        if t.name in labelled:
+            msg.label_filename = LABELS_FILE
+        out.append(msg)
+    return out
+
+
+def _params(config: mc.ModelConfig, params: dict[str, str]) -> None:
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+
+
+def model_config(spec: ModelSpec, profile: str, threads: int = 2) -> mc.ModelConfig:
+    """Config of an ONNX model for ``profile`` (``cpu`` or ``gpu``)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    config = mc.ModelConfig(
+        name=spec.role,
+        max_batch_size=spec.max_batch_size,
+        input=_tensors(mc.ModelInput, spec.inputs),
+        output=_tensors(mc.ModelOutput, spec.outputs, labelled=("probabilities",) if spec.labels else ()),
+        dynamic_batching=mc.ModelDynamicBatching(
+            preferred_batch_size=list(spec.preferred_batch_sizes),
+            max_queue_delay_microseconds=spec.max_queue_delay_us,
+        ),
+    )
+    if profile == "cpu":
+        config.backend = "python"
+        config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
+        _params(config, {"onnx_file": "model.onnx", "intra_op_threads": str(threads)})
+    else:
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = "model.onnx"
+        config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
+        trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters["precision_mode"] = "FP16"
+        trt.parameters["max_workspace_size_bytes"] = str(1 << 30)
+        trt.parameters["trt_engine_cache_enable"] = "true"
+        trt.parameters["trt_engine_cache_path"] = "/tmp/trt_engine_cache"
+    return config
+
+
+def step_config(step: StepSpec, params: dict[str, str] | None = None) -> mc.ModelConfig:
+    """Config of a python-backend pipeline step."""
+    config = mc.ModelConfig(
+        name=step.role,
+        backend="python",
+        max_batch_size=step.max_batch_size,
+        input=_tensors(mc.ModelInput, step.inputs),
+        output=_tensors(mc.ModelOutput, step.outputs),
+        dynamic_batching=mc.ModelDynamicBatching(),
+        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=step.instance_count)],
+    )
+    _params(config, params or {})
+    return config
+
+
+def ensemble_config(max_batch_size: int = 32) -> mc.ModelConfig:
+    """The ``cxr_triage`` ensemble: only dataflow, from :data:`cxr.specs.ENSEMBLE_STEPS`."""
+    config = mc.ModelConfig(
+        name=ENSEMBLE_NAME,
+        platform="ensemble",
+        max_batch_size=max_batch_size,
+        input=_tensors(mc.ModelInput, ENSEMBLE_INPUTS),
+        output=_tensors(mc.ModelOutput, ENSEMBLE_OUTPUTS),
+    )
+    for role, inputs, outputs in ENSEMBLE_STEPS:
+        config.ensemble_scheduling.step.append(
+            mc.ModelEnsembling.Step(model_name=role, model_version=-1, input_map=inputs, output_map=outputs)
+        )
+    return config
+
+
+def repository_configs(profile: str, model_versions: dict[str, str], threads: int = 2) -> dict[str, mc.ModelConfig]:
+    """Every model's config for ``profile``, keyed by model name."""
+    configs = {spec.role: model_config(spec, profile, threads) for spec in MODEL_SPECS.values()}
+    configs[PREPROCESS.role] = step_config(PREPROCESS)
+    configs[ROUTER.role] = step_config(
+        ROUTER, {"thresholds_file": "thresholds.json", "model_versions": json.dumps(model_versions, sort_keys=True)}
+    )
+    configs[ENSEMBLE_NAME] = ensemble_config()
+    return configs
+
+
+def render(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse(text: str) -> mc.ModelConfig:
+    """Parse ``config.pbtxt`` text (raises ``text_format.ParseError`` on an invalid config)."""
+    return text_format.Parse(text, mc.ModelConfig())

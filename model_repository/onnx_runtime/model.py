@@ -1,0 +1,45 @@
+"""Triton python model running an ONNX graph with ONNX Runtime (the CPU profile of an ONNX step).
+
+Serves ``lung_segmentation`` and ``cxr_classifier`` alike: tensor names come from ``model_config``
+and the graph. All requests of one dynamic batch are concatenated and run as one ONNX Runtime call.
+"""
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from cxr.batching import concat_requests, split_batch
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        model_dir = os.path.join(args["model_repository"], args["model_version"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "2"))
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            os.path.join(model_dir, params.get("onnx_file", "model.onnx")), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i["name"] for i in config["input"]]
+        self.output_names = [o["name"] for o in config["output"]]
+
+    def execute(self, requests):
+        feeds, sizes = {}, None
+        for name in self.input_names:
+            arrays = [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+            feeds[name], sizes = concat_requests(arrays)
+        try:
+            outputs = self.session.run(self.output_names, feeds)
+        except Exception as exc:
+            error = pb_utils.TritonError(f"onnxruntime failed: {exc}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        per_output = [split_batch(out, sizes) for out in outputs]
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(n, per_output[k][i]) for k, n in enumerate(self.output_names)])
+            for i in range(len(requests))
+        ]

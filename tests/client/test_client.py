@@ -1,0 +1,52 @@
+"""Client pieces that need no server: file expansion, the table, the JSON line shape, samples, server errors."""
+from __future__ import annotations
+
+import pytest
+
+from client.classify import format_table
+from client.files import expand
+from client.grpc_client import TriageOutput
+from cxr.labels import LABELS
+from cxr.server import ServerError, TritonServer
+
+
+def test_expand_folders_and_missing_paths(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.PNG").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in expand([tmp_path])] == ["a.dcm", "b.PNG"]
+    with pytest.raises(FileNotFoundError, match="nope"):
+        expand([tmp_path / "nope"])
+
+
+def _result(name: str, **kw) -> TriageOutput:
+    probs = {label: 0.2 for label in LABELS}
+    return TriageOutput(name, label="normal", probabilities=probs, triage={"priority": "routine", "model_versions": {"m": "1"}},
+                        lung_fraction=0.31, latency_ms=12.3, **kw)
+
+
+def test_table_and_json_lines():
+    results = [_result("/x/a.jpg"), TriageOutput("/x/bad.jpg", error="bad image: truncated")]
+    table = format_table(results).splitlines()
+    assert table[0].split()[:3] == ["file", "priority", "finding"] and "a.jpg" in table[2]
+    assert table[3] == "bad.jpg  ERROR  bad image: truncated"
+    line = results[0].to_json()
+    assert line["model_versions"] == {"m": "1"} and "model_versions" not in line["triage"]
+    assert results[1].to_json() == {"file": "/x/bad.jpg", "error": "bad image: truncated"}
+
+
+def test_samples_are_written_from_shared_data(tmp_path, data_dir):
+    from client.samples import write_samples
+    from cxr.pixels import ImageError, decode_image
+
+    files = write_samples(tmp_path, data_dir / "manifest.csv")
+    assert {f.name.split("_")[0] for f in files} >= {"normal", "bacterial", "viral", "covid"}
+    assert decode_image(next(f for f in files if f.suffix == ".dcm").read_bytes()).format == "dicom"
+    with pytest.raises(ImageError):
+        decode_image((tmp_path / "broken_truncated.jpg").read_bytes())
+
+
+def test_server_refuses_a_folder_that_is_not_a_repository(tmp_path):
+    with pytest.raises(ServerError, match="not a model repository"):
+        TritonServer(tmp_path)

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real data in ../shared, the built repository and a running Triton server."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__import__("os").environ.get("CXR_DATA", REPO.parent / "shared" / "data" / "cxr"))
+REPOSITORY = Path(__import__("os").environ.get("CXR_REPOSITORY", REPO / "build" / "model_repository"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "manifest.csv").exists():
+        pytest.fail(f"shared data set not found at {DATA} (set CXR_DATA)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def test_rows(data_dir):
+    from training.data.manifest import read_manifest
+
+    return read_manifest(data_dir / "manifest.csv", "test")
+
+
+@pytest.fixture(scope="session")
+def xray_jpeg(test_rows) -> bytes:
+    """A real test-split chest X-ray (JPEG bytes) with a lung mask."""
+    return next(r for r in test_rows if r.mask is not None).image.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def xray_pixels(xray_jpeg) -> np.ndarray:
+    from cxr.pixels import decode_image
+
+    return decode_image(xray_jpeg).pixels
+
+
+@pytest.fixture(scope="session")
+def repository() -> Path:
+    """The repository `make test` builds from the shipped weights (built here if missing)."""
+    if not (REPOSITORY / "build.json").exists():
+        from export.build_repository import build_repository
+
+        build_repository(REPOSITORY)
+    return REPOSITORY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def triton(repository, tmp_path_factory):
+    """A real Triton server on the built repository, on free ports, for the whole session."""
+    from cxr.server import TritonServer
+
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    server = TritonServer(repository, free_port(), free_port(), free_port(), log_path=log)
+    server.start(timeout_s=240)
+    yield server
+    server.stop()

@@ -1,0 +1,117 @@
+"""Decoding and validation: every accepted format decodes the same picture, every bad input names its problem."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from client.dicom_files import make_dicom
+from cxr.pixels import ImageError, decode_image, sniff_format
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.fixture(scope="module")
+def gray(xray_pixels) -> np.ndarray:
+    return xray_pixels.astype(np.uint8)
+
+
+def test_real_jpeg_decodes_to_gray(xray_jpeg):
+    decoded = decode_image(xray_jpeg)
+    assert decoded.format == "jpeg"
+    assert decoded.pixels.ndim == 2 and decoded.pixels.dtype == np.float32
+    assert decoded.pixels.max() > decoded.pixels.min()
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        pytest.param(lambda g: _png(g), id="png8"),
+        pytest.param(lambda g: _png(g.astype(np.uint16) * 257), id="png16"),
+        pytest.param(lambda g: _png(np.stack([g] * 3, -1)), id="png-rgb"),
+        pytest.param(lambda g: _png(np.dstack([g, g, g, np.full_like(g, 255)])), id="png-rgba"),
+        pytest.param(lambda g: _jpeg(np.stack([g] * 3, -1)), id="jpeg-rgb"),
+        pytest.param(lambda g: make_dicom(g.astype(np.float32), bits_stored=12), id="dicom-cr-12bit"),
+        pytest.param(lambda g: make_dicom(g.astype(np.float32), bits_stored=16), id="dicom-cr-16bit"),
+        pytest.param(lambda g: make_dicom(g.astype(np.float32), bits_stored=8), id="dicom-cr-8bit"),
+        pytest.param(lambda g: make_dicom(g.astype(np.float32), modality="DX"), id="dicom-dx"),
+        pytest.param(lambda g: make_dicom(g.astype(np.float32), photometric="MONOCHROME1"), id="dicom-monochrome1"),
+        pytest.param(lambda g: make_dicom(g.astype(np.float32), rescale=(2.0, -1000.0)), id="dicom-rescale"),
+        pytest.param(lambda g: make_dicom(g.astype(np.float32), window=(2048, 4096)), id="dicom-window"),
+    ],
+)
+def test_formats_decode_to_the_same_picture(gray, encode):
+    """Bit depth, colour, inversion and LUTs change values, not the picture: correlation with the source stays ~1."""
+    decoded = decode_image(encode(gray))
+    assert decoded.pixels.shape == gray.shape
+    assert _corr(decoded.pixels, gray.astype(np.float32)) > 0.99
+
+
+def test_monochrome1_is_inverted_back(gray):
+    mono1 = decode_image(make_dicom(gray.astype(np.float32), photometric="MONOCHROME1")).pixels
+    mono2 = decode_image(make_dicom(gray.astype(np.float32), photometric="MONOCHROME2")).pixels
+    assert _corr(mono1, mono2) > 0.999
+
+
+def _big_png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size (the decoder must refuse before allocating)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda tag, body: struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+BAD_INPUTS = [
+    ("empty", lambda g, j: b"", "empty input"),
+    ("random-bytes", lambda g, j: np.random.default_rng(0).bytes(5000), "unrecognised image format"),
+    ("truncated-jpeg", lambda g, j: j[: len(j) // 3], "truncated or corrupt JPEG"),
+    ("truncated-png", lambda g, j: _png(g)[:2000], "truncated or corrupt PNG"),
+    ("tiny-1x1-png", lambda g, j: _png(np.zeros((1, 1), np.uint8)), "too small"),
+    ("tiny-40px-jpeg", lambda g, j: _jpeg(np.zeros((40, 300), np.uint8)), "too small"),
+    ("huge-20000px-png", lambda g, j: _big_png_header(20000, 20000), "too large"),
+    ("ct-dicom", lambda g, j: make_dicom(g.astype(np.float32), modality="CT"), "unsupported modality 'CT'"),
+    ("mr-dicom", lambda g, j: make_dicom(g.astype(np.float32), modality="MR"), "unsupported modality 'MR'"),
+    ("multiframe-dicom", lambda g, j: make_dicom(g.astype(np.float32), frames=3), "multi-frame"),
+    ("truncated-dicom", lambda g, j: make_dicom(g.astype(np.float32))[:3000], "DICOM"),
+]
+
+
+@pytest.mark.parametrize("name,make,reason", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_rejected_with_its_reason(gray, xray_jpeg, name, make, reason):
+    with pytest.raises(ImageError, match=reason):
+        decode_image(make(gray, xray_jpeg))
+
+
+def test_sniff_format():
+    assert sniff_format(b"\x89PNG\r\n\x1a\n....") == "png"
+    assert sniff_format(b"\xff\xd8\xff\xe0") == "jpeg"
+    assert sniff_format(b"\0" * 128 + b"DICM") == "dicom"
+
+
+def test_jpeg_draft_decode_is_close_to_full_decode(xray_jpeg):
+    """The fast reduced-scale JPEG decode (used for training and serving alike) keeps the picture."""
+    from cxr.preprocess import PrepareInput
+    from cxr.specs import CLASSIFIER
+
+    prepare = PrepareInput(CLASSIFIER)
+    full = prepare(decode_image(xray_jpeg).pixels)
+    draft = prepare(decode_image(xray_jpeg, draft_size=256).pixels)
+    assert _corr(full, draft) > 0.99

@@ -1,0 +1,111 @@
+"""The real Triton server on the built repository, called over gRPC like a PACS integration."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from client.dicom_files import make_dicom
+from client.grpc_client import TriageClient
+from client.local_pipeline import LocalPipeline
+from cxr.labels import LABELS
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def client(triton):
+    c = TriageClient(triton.grpc_url, outputs=("label", "triage", "lung_fraction", "probabilities", "lung_mask", "cam"))
+    yield c
+    c.close()
+
+
+def test_real_test_images_match_the_onnx_pipeline(client, repository, test_rows):
+    """Served results (dynamic batching, python steps) equal the in-process ONNX pipeline on the same files."""
+    rows = test_rows[:12]
+    served = list(client.triage_many([(r.image.name, r.image.read_bytes()) for r in rows], concurrency=6))
+    local = LocalPipeline(repository).run_batch([r.image.read_bytes() for r in rows])
+    for s, l in zip(served, local):
+        assert s.error is None, s.error
+        assert s.label in LABELS and s.triage["priority"] in ("urgent", "expedited", "routine")
+        assert s.triage["thresholds_version"] and set(s.triage["model_versions"]) == {"lung_segmentation", "cxr_classifier"}
+        np.testing.assert_allclose(s.arrays["probabilities"][0], l.probabilities, atol=1e-4)
+        assert abs(sum(s.probabilities.values()) - 1) < 1e-3
+        assert s.arrays["lung_mask"].shape == (1, 1, 256, 256) and s.arrays["cam"].shape == (1, 5, 8, 8)
+        assert (s.arrays["lung_mask"][0, 0] == l.lung_mask).mean() > 0.999
+        assert 0.1 < s.lung_fraction < 0.8
+
+
+BAD = {
+    "truncated.jpg": (lambda jpeg, px: jpeg[: len(jpeg) // 3], "truncated or corrupt JPEG"),
+    "ct.dcm": (lambda jpeg, px: make_dicom(px, modality="CT"), "unsupported modality 'CT'"),
+    "1x1.png": (lambda jpeg, px: __import__("tests.cxr.test_pixels", fromlist=["_png"])._png(np.zeros((1, 1), np.uint8)), "too small"),
+    "random.bin": (lambda jpeg, px: np.random.default_rng(1).bytes(4096), "unrecognised image format"),
+    "empty": (lambda jpeg, px: b"", "empty input"),
+}
+
+
+def test_bad_inputs_get_clear_errors_while_good_ones_in_the_same_burst_succeed(client, triton, xray_jpeg, xray_pixels):
+    items = []
+    for name, (make, _) in BAD.items():
+        items += [(name, make(xray_jpeg, xray_pixels)), (f"good-{name}", xray_jpeg)]
+    results = {r.name: r for r in client.triage_many(items, concurrency=len(items))}
+    for name, (_, reason) in BAD.items():
+        assert results[name].error and reason in results[name].error, (name, results[name].error)
+        assert results[f"good-{name}"].error is None
+    assert triton.is_ready() and client.is_ready()
+
+
+def test_wrong_tensor_from_a_raw_tritonclient_is_refused(triton, client):
+    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+    wrong = grpcclient.InferInput("image_bytes", [1, 1], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 1), np.float32))
+    with pytest.raises(InferenceServerException, match="(?i)data.?type|datatype|expected"):
+        raw.infer("cxr_triage", [wrong])
+    unknown = grpcclient.InferInput("pixels", [1, 1], "BYTES")
+    unknown.set_data_from_numpy(np.array([[b"x"]], dtype=object))
+    with pytest.raises(InferenceServerException, match="pixels"):
+        raw.infer("cxr_triage", [unknown])
+    assert client.is_ready()
+
+
+def test_batch_of_two_images_in_one_request(triton, xray_jpeg):
+    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+    inp = grpcclient.InferInput("image_bytes", [2, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[xray_jpeg], [xray_jpeg]], dtype=object))
+    result = raw.infer("cxr_triage", [inp], outputs=[grpcclient.InferRequestedOutput("probabilities")])
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (2, 5) and np.allclose(probs[0], probs[1], atol=1e-5)
+
+
+def test_cli_classify_json(triton, tmp_path, xray_jpeg):
+    (tmp_path / "a.jpg").write_bytes(xray_jpeg)
+    (tmp_path / "b.jpg").write_bytes(xray_jpeg[:500])
+    proc = subprocess.run([sys.executable, "-m", "cxr.cli", "classify", str(tmp_path), "--url", triton.grpc_url, "--json"],
+                          capture_output=True, text=True, timeout=120)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1, proc.stderr  # one image rejected
+    good = next(r for r in lines if r["file"].endswith("a.jpg"))
+    assert set(good) == {"file", "label", "probabilities", "triage", "lung_fraction", "model_versions", "latency_ms"}
+    assert set(good["probabilities"]) == set(LABELS) and good["triage"]["priority"]
+    bad = next(r for r in lines if r["file"].endswith("b.jpg"))
+    assert set(bad) == {"file", "error"} and "JPEG" in bad["error"]
+
+
+def test_served_evaluation_meets_the_segmentation_bar_and_equals_onnx(triton, repository, data_dir):
+    """Shipped weights on the test split, through the served ensemble: IoU >= 0.93 (MANet: 0.925)."""
+    from client.evaluate import evaluate
+
+    served = evaluate(data_dir / "manifest.csv", "test", url=triton.grpc_url)
+    local = evaluate(data_dir / "manifest.csv", "test", repository=repository)
+    assert not served["errors"]
+    assert served["segmentation"]["iou"] >= 0.93, served["segmentation"]
+    assert served["segmentation"]["iou"] == pytest.approx(local["segmentation"]["iou"], abs=1e-3)
+    assert served["classification"]["accuracy"] == pytest.approx(local["classification"]["accuracy"], abs=0.011)
+    assert served["classification"]["n"] == 99

@@ -1,0 +1,60 @@
+"""Every registered model: forward and backward with the expected shapes; architecture facts from the papers."""
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.layers import MixedConv2d
+
+from training.models import create_model, list_models
+
+CASES = {
+    "mobilenetv2_mdconv_ma": ((2, 1, 128, 128), True, (2, 5)),
+    "mobilenetv2_mdconv": ((2, 1, 128, 128), False, (2, 5)),
+    "mobilenetv2": ((2, 1, 128, 128), False, (2, 5)),
+    "lung_resunet18": ((2, 1, 128, 128), False, (2, 1, 128, 128)),
+    "lung_resunet34": ((1, 1, 64, 64), False, (1, 1, 64, 64)),
+}
+
+
+def test_every_registered_model_has_a_case():
+    assert sorted(CASES) == list_models()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_backward(name):
+    shape, needs_mask, expected = CASES[name]
+    model = create_model(name)
+    args = (torch.randn(shape),) + ((torch.ones(shape[0], 1, *shape[-2:]),) if needs_mask else ())
+    out = model(*args)
+    assert tuple(out.shape) == expected
+    out.float().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_mdconv_only_in_stride16_groups():
+    model = create_model("mobilenetv2_mdconv_ma")
+    groups = {name.split(".")[2] for name, m in model.named_modules() if isinstance(m, MixedConv2d)}
+    assert groups == {"3", "4"}
+    mixed = next(m for m in model.modules() if isinstance(m, MixedConv2d))
+    assert sorted(c.kernel_size[0] for c in mixed.values()) == [3, 5]
+    assert not any(isinstance(m, MixedConv2d) for m in create_model("mobilenetv2").modules())
+
+
+def test_classifier_cam_is_the_linear_head_at_every_position():
+    model = create_model("mobilenetv2_mdconv").eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(2, 1, 128, 128))
+        cam = model.class_activation_map(features)
+        torch.testing.assert_close(cam.mean(dim=(2, 3)), model.forward_head(features), rtol=1e-4, atol=1e-4)
+
+
+def test_resunet_rejects_sizes_not_divisible_by_stride():
+    model = create_model("lung_resunet18")
+    assert model.output_stride == 32 and len(model.encoder.out_channels) == 6
+    with pytest.raises(ValueError, match=r"try \(256, 256\)"):
+        model(torch.randn(1, 1, 250, 250))
+
+
+def test_unknown_model_is_named():
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
+        create_model("resnet9000")

@@ -1,0 +1,1 @@
+"""PyTorch training for cxr-triage: models, data, training loops and reports."""

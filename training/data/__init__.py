@@ -1,0 +1,1 @@
+"""Datasets over the shared CXR manifest."""

@@ -1,0 +1,100 @@
+"""Torch datasets. Images go through :mod:`cxr.pixels` and :mod:`cxr.preprocess`, exactly as when served."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from cxr.labels import label_index
+from cxr.pixels import decode_image
+from cxr.preprocess import PrepareInput, letterbox
+from cxr.specs import ModelSpec
+from training.data.manifest import Record
+
+
+def load_unit(record: Record, prepare: PrepareInput) -> np.ndarray:
+    """Decode ``record.image`` as the server does and return the letterboxed ``(H, W)`` image in ``[0, 1]``."""
+    decoded = decode_image(record.image.read_bytes(), draft_size=max(prepare.size))
+    return prepare.unit(decoded.pixels)[0]
+
+
+def load_mask(record: Record, size: tuple[int, int]) -> np.ndarray:
+    """Letterboxed ``(H, W)`` uint8 ground-truth mask in ``{0, 1}``."""
+    mask = cv2.imread(str(record.mask), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ValueError(f"cannot read mask {record.mask}")
+    return letterbox((mask > 127).astype(np.uint8), size, nearest=True)[0]
+
+
+def geometric_augment(p: float = 0.9) -> A.Compose:
+    """Shift/scale/rotate (MANet's segmentation augmentation), applied identically to image and mask."""
+    return A.Compose(
+        [A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=p)]
+    )
+
+
+def intensity_augment() -> A.Compose:
+    return A.Compose([A.RandomBrightnessContrast(0.15, 0.15, p=0.7), A.RandomGamma((85, 115), p=0.3)])
+
+
+class CachedImages:
+    """Decode every record once and keep the unit images in memory (the data set is small)."""
+
+    def __init__(self, records: Sequence[Record], spec: ModelSpec, desc: str = "decode") -> None:
+        self.prepare = PrepareInput(spec)
+        self.images = [load_unit(r, self.prepare) for r in tqdm(records, desc=desc, leave=False)]
+
+
+class SegmentationDataset(Dataset):
+    """``(image (1, H, W), mask (1, H, W))`` pairs for records that have a lung mask."""
+
+    def __init__(self, records: Sequence[Record], spec: ModelSpec, augment: bool = False) -> None:
+        self.records = [r for r in records if r.mask is not None]
+        self.cache = CachedImages(self.records, spec, desc="decode seg")
+        self.masks = [load_mask(r, spec.input_size) for r in self.records]
+        self.geometric = geometric_augment() if augment else None
+        self.intensity = intensity_augment() if augment else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.cache.images[i], self.masks[i]
+        if self.geometric is not None:
+            out = self.geometric(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+            image = np.clip(self.intensity(image=image)["image"], 0, 1)
+        return torch.from_numpy(self.cache.prepare.normalise(image)), torch.from_numpy(mask[None].astype(np.float32))
+
+
+class ClassificationDataset(Dataset):
+    """``(image (1, H, W), lung_mask (1, H, W), label index)``; masks are the segmenter's predictions."""
+
+    def __init__(
+        self, records: Sequence[Record], spec: ModelSpec, lung_masks: Sequence[np.ndarray], augment: bool = False
+    ) -> None:
+        if len(lung_masks) != len(records):
+            raise ValueError(f"{len(records)} records but {len(lung_masks)} lung masks")
+        self.records = list(records)
+        self.cache = CachedImages(self.records, spec, desc="decode cls")
+        self.masks = list(lung_masks)
+        self.targets = [label_index(r.label) for r in self.records]
+        self.geometric = geometric_augment(p=0.8) if augment else None
+        self.intensity = intensity_augment() if augment else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image, mask = self.cache.images[i], self.masks[i]
+        if self.geometric is not None:
+            out = self.geometric(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+            image = np.clip(self.intensity(image=image)["image"], 0, 1)
+        image_t = torch.from_numpy(self.cache.prepare.normalise(image))
+        return image_t, torch.from_numpy(mask[None].astype(np.float32)), self.targets[i]

@@ -1,0 +1,4 @@
+"""Blocks the libraries lack (mask attention); everything else comes from timm."""
+from training.layers.mask_attention import MaskAttention, MaskContext
+
+__all__ = ["MaskAttention", "MaskContext"]

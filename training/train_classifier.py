@@ -1,0 +1,108 @@
+"""Train the mask-attention classifier on lung masks predicted by the shipped segmenter.
+
+    python -m training.train_classifier --config training/configs/mobilenetv2_mdconv_ma.yaml [--ship]
+
+The classifier sees exactly what it sees when served: images from :mod:`cxr.preprocess` and the
+segmenter's raw thresholded mask. Writes ``runs/cls-*/`` (metrics.json, curves, confusion matrix, ROC).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxr.labels import LABELS
+from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
+from training.common import WEIGHTS_DIR, load_config, load_weights, plot_curves, run_dir, save_weights, seed_everything, write_json
+from training.data.datasets import CachedImages, ClassificationDataset
+from training.data.manifest import DEFAULT_MANIFEST, Record, read_manifest
+from training.metrics import classification_report
+from training.models import create_model
+from training.plots import plot_confusion, plot_roc
+from training.train_segmenter import predict_masks
+
+
+def segment(records: list[Record], segmenter: torch.nn.Module) -> list[np.ndarray]:
+    """Raw thresholded lung masks from ``segmenter`` (as served), at the segmenter's input size."""
+    cache = CachedImages(records, LUNG_SEGMENTATION, desc="segment")
+    images = torch.from_numpy(np.stack([cache.prepare.normalise(x) for x in cache.images]))
+    return predict_masks(segmenter, images, postprocess=False)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset: ClassificationDataset, batch_size: int = 32) -> np.ndarray:
+    model.eval()
+    probs = []
+    for image, mask, _ in DataLoader(dataset, batch_size=batch_size):
+        probs.append(torch.softmax(model(image, mask), dim=1).numpy())
+    return np.concatenate(probs)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="training/configs/mobilenetv2_mdconv_ma.yaml")
+    parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
+    parser.add_argument("--epochs", type=int, help="override the config")
+    parser.add_argument("--limit", type=int, help="use only N images per split (smoke runs)")
+    parser.add_argument("--ship", action="store_true", help="copy the best weights to weights/")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    epochs = args.epochs or cfg["epochs"]
+    generator = seed_everything(cfg["seed"])
+    torch.set_num_threads(cfg.get("threads", 2))
+    spec = CLASSIFIER
+    out = run_dir("cls")
+
+    segmenter = create_model(cfg["segmenter"])
+    load_weights(segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
+    splits = {}
+    for split in ("train", "val", "test"):
+        records = read_manifest(args.manifest, split)[: args.limit]
+        splits[split] = ClassificationDataset(records, spec, segment(records, segmenter), augment=split == "train")
+    loader = DataLoader(splits["train"], batch_size=cfg["batch_size"], shuffle=True, generator=generator, drop_last=True)
+
+    model = create_model(cfg["model"], num_classes=len(LABELS))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=epochs * len(loader))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+
+    history, best = [], -1.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        losses = []
+        for image, mask, target in tqdm(loader, desc=f"cls epoch {epoch}/{epochs}"):
+            loss = criterion(model(image, mask), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        val = classification_report(splits["val"].targets, predict(model, splits["val"]), LABELS)
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
+        print(history[-1], flush=True)
+        if val["macro_f1"] > best:
+            best = val["macro_f1"]
+            save_weights(model, out / spec.weights, {"model": cfg["model"], "epoch": epoch, "val_macro_f1": best, "config": cfg})
+        plot_curves(history, ["train_loss", "val_accuracy", "val_macro_f1"], out / "curves.png", f"{cfg['model']} training")
+
+    load_weights(model, out / spec.weights)
+    metrics = {"model": cfg["model"], "config": cfg, "epochs": epochs, "history": history}
+    for split in ("val", "test"):
+        probs = predict(model, splits[split])
+        metrics[split] = classification_report(splits[split].targets, probs, LABELS)
+        plot_confusion(metrics[split]["confusion_matrix"], list(LABELS), out / f"confusion_{split}.png", f"{cfg['model']} ({split})")
+        plot_roc(np.asarray(splits[split].targets), probs, list(LABELS), out / f"roc_{split}.png", f"{cfg['model']} ({split})")
+    write_json(out / "metrics.json", metrics)
+    print("test accuracy", metrics["test"]["accuracy"], "macro-F1", metrics["test"]["macro_f1"], "->", out, flush=True)
+    if args.ship:
+        shutil.copy(out / spec.weights, WEIGHTS_DIR / spec.weights)
+        write_json(WEIGHTS_DIR / f"{cfg['model']}.metrics.json", {k: metrics[k] for k in ("model", "epochs", "val", "test", "config")})
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

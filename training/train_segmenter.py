@@ -1,0 +1,110 @@
+"""Train the lung ResUNet (MANet stage 1): Dice + BCE loss, Adam, shift/scale/rotate augmentation.
+
+    python -m training.train_segmenter --config training/configs/lung_resunet18.yaml [--ship]
+
+Writes ``runs/seg-*/`` (metrics.json, loss/IoU plot, best weights); ``--ship`` copies the best
+weights to ``weights/`` where export reads them. Selection uses the val split; test is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxr.lungmask import postprocess_mask
+from cxr.specs import LUNG_SEGMENTATION
+from training.common import WEIGHTS_DIR, load_config, load_weights, plot_curves, run_dir, save_weights, seed_everything, write_json
+from training.data.datasets import SegmentationDataset
+from training.data.manifest import DEFAULT_MANIFEST, read_manifest
+from training.metrics import segmentation_report
+from training.models import create_model
+
+
+@torch.no_grad()
+def predict_masks(
+    model: torch.nn.Module, images: torch.Tensor, batch_size: int = 16, postprocess: bool = True
+) -> list[np.ndarray]:
+    """Binary masks ``(H, W)`` uint8 for normalised images ``(N, 1, H, W)``.
+
+    ``postprocess=False`` gives the raw thresholded mask, which is what the served classifier receives.
+    """
+    model.eval()
+    masks = []
+    for start in range(0, len(images), batch_size):
+        raw = (model(images[start : start + batch_size]) > 0).numpy().astype(np.uint8)
+        masks.extend(postprocess_mask(m[0]) if postprocess else m[0] for m in raw)
+    return masks
+
+
+def evaluate(model: torch.nn.Module, dataset: SegmentationDataset) -> dict:
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    return segmentation_report(predict_masks(model, images), dataset.masks)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="training/configs/lung_resunet18.yaml")
+    parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
+    parser.add_argument("--epochs", type=int, help="override the config")
+    parser.add_argument("--limit", type=int, help="use only N training images (smoke runs)")
+    parser.add_argument("--ship", action="store_true", help="copy the best weights to weights/")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    epochs = args.epochs or cfg["epochs"]
+    generator = seed_everything(cfg["seed"])
+    torch.set_num_threads(cfg.get("threads", 2))
+    spec = LUNG_SEGMENTATION
+    out = run_dir("seg")
+
+    def with_masks(split: str) -> list:
+        return [r for r in read_manifest(args.manifest, split) if r.mask is not None][: args.limit]
+
+    train = SegmentationDataset(with_masks("train"), spec, augment=True)
+    val = SegmentationDataset(with_masks("val"), spec)
+    loader = DataLoader(train, batch_size=cfg["batch_size"], shuffle=True, generator=generator, drop_last=True)
+
+    model = create_model(cfg["model"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=epochs * len(loader))
+    dice_loss = smp.losses.DiceLoss("binary", from_logits=True)
+    bce_loss = torch.nn.BCEWithLogitsLoss()
+
+    history, best = [], -1.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        losses = []
+        for image, mask in tqdm(loader, desc=f"seg epoch {epoch}/{epochs}"):
+            logits = model(image)
+            loss = dice_loss(logits, mask) + bce_loss(logits, mask)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        scores = evaluate(model, val)
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_iou": scores["iou"], "val_dice": scores["dice"]})
+        print(history[-1], flush=True)
+        if scores["iou"] > best:
+            best = scores["iou"]
+            save_weights(model, out / spec.weights, {"model": cfg["model"], "epoch": epoch, "val_iou": best, "config": cfg})
+        plot_curves(history, ["train_loss", "val_iou"], out / "curves.png", f"{cfg['model']} training")
+
+    load_weights(model, out / spec.weights)
+    test = SegmentationDataset(with_masks("test"), spec)
+    metrics = {"model": cfg["model"], "config": cfg, "epochs": epochs, "history": history,
+               "val": evaluate(model, val), "test": evaluate(model, test)}
+    write_json(out / "metrics.json", metrics)
+    print("test", metrics["test"], "->", out, flush=True)
+    if args.ship:
+        shutil.copy(out / spec.weights, WEIGHTS_DIR / spec.weights)
+        write_json(WEIGHTS_DIR / f"{cfg['model']}.metrics.json", {k: metrics[k] for k in ("model", "epochs", "val", "test", "config")})
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
