@@ -14,7 +14,6 @@ setup: $(STAMP)
 $(STAMP): requirements/lock.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements/lock.txt
 	$(PIP) install -q --no-deps nvidia-pytriton==0.7.0
 	$(PIP) install -q --no-deps --no-build-isolation -e .

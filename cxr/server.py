@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +19,13 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback right now (for tests and benchmarks that start a server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ServerError(RuntimeError):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION, MODEL_SPECS, ModelSpec
+from cxr.specs import LUNG_SEGMENTATION, MODEL_SPECS, ModelSpec
 from training.common import WEIGHTS_DIR, load_weights
 from training.models import create_model
 

@@ -1,7 +1,6 @@
 """Shared fixtures: the real data in ../shared, the built repository and a running Triton server."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -49,16 +48,10 @@ def repository() -> Path:
     return REPOSITORY
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def triton(repository, tmp_path_factory):
     """A real Triton server on the built repository, on free ports, for the whole session."""
-    from cxr.server import TritonServer
+    from cxr.server import TritonServer, free_port
 
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     server = TritonServer(repository, free_port(), free_port(), free_port(), log_path=log)

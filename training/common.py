@@ -1,9 +1,12 @@
 """Helpers shared by the training scripts: seeding, run folders, config files and plots."""
 from __future__ import annotations
 
+import argparse
 import json
 import random
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,43 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO / "weights"
+
+
+@dataclass
+class RunSetup:
+    """What every training script starts from: parsed arguments, config, seeded generator, run folder."""
+
+    args: argparse.Namespace
+    config: dict
+    epochs: int
+    generator: torch.Generator
+    out: Path
+
+    def finish(self, metrics: dict, weights_name: str) -> dict:
+        """Write ``metrics.json``; with ``--ship`` copy the best weights and their metrics to ``weights/``."""
+        write_json(self.out / "metrics.json", metrics)
+        if self.args.ship:
+            shutil.copy(self.out / weights_name, WEIGHTS_DIR / weights_name)
+            shipped = {k: metrics[k] for k in ("model", "epochs", "val", "test", "config")}
+            write_json(WEIGHTS_DIR / f"{self.config['model']}.metrics.json", shipped)
+        return metrics
+
+
+def start_run(kind: str, doc: str, default_config: str, argv: list[str] | None = None) -> RunSetup:
+    """Parse the shared training flags, load the config, seed everything and create ``runs/<kind>-<time>``."""
+    from training.data.manifest import DEFAULT_MANIFEST
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=default_config)
+    parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
+    parser.add_argument("--epochs", type=int, help="override the config")
+    parser.add_argument("--limit", type=int, help="use only N images per split (smoke runs)")
+    parser.add_argument("--ship", action="store_true", help="copy the best weights to weights/")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    generator = seed_everything(config["seed"])
+    torch.set_num_threads(config.get("threads", 2))
+    return RunSetup(args, config, args.epochs or config["epochs"], generator, run_dir(kind))
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -7,8 +7,6 @@ segmenter's raw thresholded mask. Writes ``runs/cls-*/`` (metrics.json, curves, 
 """
 from __future__ import annotations
 
-import argparse
-import shutil
 
 import numpy as np
 import torch
@@ -17,9 +15,9 @@ from tqdm import tqdm
 
 from cxr.labels import LABELS
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
-from training.common import WEIGHTS_DIR, load_config, load_weights, plot_curves, run_dir, save_weights, seed_everything, write_json
+from training.common import WEIGHTS_DIR, load_weights, plot_curves, save_weights, start_run
 from training.data.datasets import CachedImages, ClassificationDataset
-from training.data.manifest import DEFAULT_MANIFEST, Record, read_manifest
+from training.data.manifest import Record, read_manifest
 from training.metrics import classification_report
 from training.models import create_model
 from training.plots import plot_confusion, plot_roc
@@ -43,19 +41,9 @@ def predict(model: torch.nn.Module, dataset: ClassificationDataset, batch_size: 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="training/configs/mobilenetv2_mdconv_ma.yaml")
-    parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
-    parser.add_argument("--epochs", type=int, help="override the config")
-    parser.add_argument("--limit", type=int, help="use only N images per split (smoke runs)")
-    parser.add_argument("--ship", action="store_true", help="copy the best weights to weights/")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config)
-    epochs = args.epochs or cfg["epochs"]
-    generator = seed_everything(cfg["seed"])
-    torch.set_num_threads(cfg.get("threads", 2))
+    run = start_run("cls", __doc__, "training/configs/mobilenetv2_mdconv_ma.yaml", argv)
+    args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
     spec = CLASSIFIER
-    out = run_dir("cls")
 
     segmenter = create_model(cfg["segmenter"])
     load_weights(segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
@@ -96,12 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics[split] = classification_report(splits[split].targets, probs, LABELS)
         plot_confusion(metrics[split]["confusion_matrix"], list(LABELS), out / f"confusion_{split}.png", f"{cfg['model']} ({split})")
         plot_roc(np.asarray(splits[split].targets), probs, list(LABELS), out / f"roc_{split}.png", f"{cfg['model']} ({split})")
-    write_json(out / "metrics.json", metrics)
     print("test accuracy", metrics["test"]["accuracy"], "macro-F1", metrics["test"]["macro_f1"], "->", out, flush=True)
-    if args.ship:
-        shutil.copy(out / spec.weights, WEIGHTS_DIR / spec.weights)
-        write_json(WEIGHTS_DIR / f"{cfg['model']}.metrics.json", {k: metrics[k] for k in ("model", "epochs", "val", "test", "config")})
-    return metrics
+    return run.finish(metrics, spec.weights)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ weights to ``weights/`` where export reads them. Selection uses the val split; t
 """
 from __future__ import annotations
 
-import argparse
-import shutil
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -18,9 +16,9 @@ from tqdm import tqdm
 
 from cxr.lungmask import postprocess_mask
 from cxr.specs import LUNG_SEGMENTATION
-from training.common import WEIGHTS_DIR, load_config, load_weights, plot_curves, run_dir, save_weights, seed_everything, write_json
+from training.common import load_weights, plot_curves, save_weights, start_run
 from training.data.datasets import SegmentationDataset
-from training.data.manifest import DEFAULT_MANIFEST, read_manifest
+from training.data.manifest import read_manifest
 from training.metrics import segmentation_report
 from training.models import create_model
 
@@ -47,19 +45,9 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="training/configs/lung_resunet18.yaml")
-    parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
-    parser.add_argument("--epochs", type=int, help="override the config")
-    parser.add_argument("--limit", type=int, help="use only N training images (smoke runs)")
-    parser.add_argument("--ship", action="store_true", help="copy the best weights to weights/")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config)
-    epochs = args.epochs or cfg["epochs"]
-    generator = seed_everything(cfg["seed"])
-    torch.set_num_threads(cfg.get("threads", 2))
+    run = start_run("seg", __doc__, "training/configs/lung_resunet18.yaml", argv)
+    args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
     spec = LUNG_SEGMENTATION
-    out = run_dir("seg")
 
     def with_masks(split: str) -> list:
         return [r for r in read_manifest(args.manifest, split) if r.mask is not None][: args.limit]
@@ -98,12 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     test = SegmentationDataset(with_masks("test"), spec)
     metrics = {"model": cfg["model"], "config": cfg, "epochs": epochs, "history": history,
                "val": evaluate(model, val), "test": evaluate(model, test)}
-    write_json(out / "metrics.json", metrics)
     print("test", metrics["test"], "->", out, flush=True)
-    if args.ship:
-        shutil.copy(out / spec.weights, WEIGHTS_DIR / spec.weights)
-        write_json(WEIGHTS_DIR / f"{cfg['model']}.metrics.json", {k: metrics[k] for k in ("model", "epochs", "val", "test", "config")})
-    return metrics
+    return run.finish(metrics, spec.weights)
 
 
 if __name__ == "__main__":

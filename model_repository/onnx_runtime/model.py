@@ -6,7 +6,6 @@ and the graph. All requests of one dynamic batch are concatenated and run as one
 import json
 import os
 
-import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 

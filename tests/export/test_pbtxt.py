@@ -51,3 +51,16 @@ def test_ensemble_wiring_is_consistent():
 def test_unknown_profile_is_named():
     with pytest.raises(ValueError, match="unknown profile 'tpu'"):
         model_config(MODEL_SPECS["cxr_classifier"], "tpu")
+
+
+@pytest.mark.slow
+def test_gpu_profile_repository_has_no_python_adapters_for_onnx_models(tmp_path):
+    from export.build_repository import build_repository
+
+    build_repository(tmp_path, profile="gpu")
+    for spec in MODEL_SPECS.values():
+        assert (tmp_path / spec.role / "1" / "model.onnx").exists()
+        assert not (tmp_path / spec.role / "1" / "model.py").exists()
+        assert parse((tmp_path / spec.role / "config.pbtxt").read_text()).platform == "onnxruntime_onnx"
+    for step in (PREPROCESS, ROUTER):
+        assert (tmp_path / step.role / "1" / "model.py").exists() and (tmp_path / step.role / "1" / "cxr" / "specs.py").exists()
