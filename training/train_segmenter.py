@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from cxr.lungmask import postprocess_mask
 from cxr.specs import LUNG_SEGMENTATION
-from training.common import load_weights, plot_curves, save_weights, start_run
+from training.common import REPO, load_weights, plot_curves, save_weights, start_run
 from training.data.datasets import SegmentationDataset
 from training.data.manifest import read_manifest
 from training.metrics import segmentation_report
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     loader = DataLoader(train, batch_size=cfg["batch_size"], shuffle=True, generator=generator, drop_last=True)
 
     model = create_model(cfg["model"])
+    if cfg.get("init_from"):  # continue from earlier weights (a second, low-LR stage of the recipe)
+        load_weights(model, REPO / cfg["init_from"])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=epochs * len(loader))
     dice_loss = smp.losses.DiceLoss("binary", from_logits=True)

@@ -1,0 +1,31 @@
+"""The specs are the single source of names and shapes; check they are self-consistent."""
+from __future__ import annotations
+
+import pytest
+
+from cxr.labels import LABELS
+from cxr.specs import CAM_SIZE, CLASSIFIER, ENSEMBLE_OUTPUTS, LUNG_SEGMENTATION, MODEL_SPECS, PREPROCESS, ROUTER
+
+
+@pytest.mark.parametrize("owner", [*MODEL_SPECS.values(), PREPROCESS, ROUTER], ids=lambda o: o.role)
+def test_tensor_names_are_unique_within_a_model(owner):
+    names = [t.name for t in owner.inputs + owner.outputs]
+    assert len(names) == len(set(names))
+
+
+def test_shapes_follow_the_input_sizes():
+    assert CLASSIFIER.labels == LABELS
+    assert CLASSIFIER.output("probabilities").dims == (len(LABELS),)
+    assert CLASSIFIER.output("cam").dims == (len(LABELS), *CAM_SIZE)
+    assert CAM_SIZE == tuple(s // 32 for s in CLASSIFIER.input_size)
+    assert LUNG_SEGMENTATION.output("lung_mask").dims == CLASSIFIER.input("lung_mask").dims
+    assert PREPROCESS.outputs == (LUNG_SEGMENTATION.inputs[0], CLASSIFIER.inputs[0])
+
+
+def test_every_ensemble_output_comes_from_the_last_step():
+    assert ENSEMBLE_OUTPUTS == ROUTER.outputs
+
+
+def test_unknown_tensor_is_named():
+    with pytest.raises(ValueError, match="no tensor 'pixels'"):
+        CLASSIFIER.output("pixels")
