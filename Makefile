@@ -37,7 +37,7 @@ serve: repository
 evaluate: repository
 	$(VENV)/bin/cxr evaluate --split test
 
-# Reproduce the shipped weights (about 40 + 22 + 25 minutes on 2 CPU cores).
+# Reproduce the shipped weights (about 40 + 22 + 22 minutes on 2 CPU cores).
 train: train-seg train-cls
 train-seg: setup
 	$(PY) -m training.train_segmenter --config training/configs/lung_resunet18.yaml --ship

@@ -112,3 +112,4 @@ def test_served_evaluation_meets_the_segmentation_bar_and_equals_onnx(triton, re
     assert served["segmentation"]["iou"] == pytest.approx(local["segmentation"]["iou"], abs=1e-3)
     assert served["classification"]["accuracy"] == pytest.approx(local["classification"]["accuracy"], abs=0.011)
     assert served["classification"]["n"] == 99
+    assert served["classification"]["accuracy"] >= 0.6  # measured 0.687; a regression guard, not a claim
