@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr.specs import LUNG_SEGMENTATION, MODEL_SPECS, ModelSpec
+from cxr.specs import MODEL_SPECS, ModelSpec
 from training.common import WEIGHTS_DIR, load_weights
 from training.models import create_model
 
@@ -49,7 +49,7 @@ def serving_graph(spec: ModelSpec, weights: str | Path | None = None) -> nn.Modu
     """The eval-mode module whose inputs/outputs are exactly ``spec.inputs``/``spec.outputs``."""
     model = create_model(spec.name, **({"num_classes": len(spec.labels)} if spec.labels else {}))
     load_weights(model, weights or WEIGHTS_DIR / spec.weights)
-    graph = SegmenterGraph(model) if spec is LUNG_SEGMENTATION or not spec.labels else ClassifierGraph(model)
+    graph = ClassifierGraph(model) if spec.labels else SegmenterGraph(model)
     return graph.eval()
 
 
