@@ -11,11 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from cxr.labels import LABELS, label_index
-from cxr.preprocess import letterbox
+from cxr.lungmask import read_mask
 from cxr.specs import LUNG_SEGMENTATION
 from training.metrics import classification_report, segmentation_report
 
@@ -26,13 +25,6 @@ def _rows(manifest: Path, split: str | None) -> list[dict]:
     if not rows:
         raise ValueError(f"{manifest} has no rows for split {split!r}")
     return rows
-
-
-def _gt_mask(path: Path) -> np.ndarray:
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ValueError(f"cannot read mask {path}")
-    return letterbox((mask > 127).astype(np.uint8), LUNG_SEGMENTATION.input_size, nearest=True)[0]
 
 
 def evaluate(manifest: str | Path, split: str | None = "test", url: str | None = None,
@@ -65,7 +57,7 @@ def evaluate(manifest: str | Path, split: str | None = "test", url: str | None =
                 probs.append(res.probabilities)
                 masks.append(res.lung_mask)
     ok = [i for i, p in enumerate(probs) if not np.isnan(p).any()]
-    seg_pairs = [(masks[i], _gt_mask(root / rows[i]["mask"])) for i in ok if rows[i].get("mask")]
+    seg_pairs = [(masks[i], read_mask(root / rows[i]["mask"], LUNG_SEGMENTATION.input_size)) for i in ok if rows[i].get("mask")]
     report = {
         "manifest": str(manifest),
         "split": split,

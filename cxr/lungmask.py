@@ -4,8 +4,13 @@ Fill holes, remove small objects, keep the two largest connected components (the
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 from scipy import ndimage
+
+from cxr.preprocess import letterbox
 
 
 def postprocess_mask(mask: np.ndarray, min_fraction: float = 0.005) -> np.ndarray:
@@ -33,3 +38,15 @@ def postprocess_mask(mask: np.ndarray, min_fraction: float = 0.005) -> np.ndarra
 def lung_fraction(mask: np.ndarray) -> float:
     """Fraction of the image covered by lung."""
     return float(np.count_nonzero(mask)) / float(mask.size)
+
+
+def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Read a ground-truth mask file (0/255 PNG) as a letterboxed ``size`` uint8 mask in ``{0, 1}``.
+
+    Raises:
+        ValueError: the file cannot be read as an image.
+    """
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ValueError(f"cannot read mask {path}")
+    return letterbox((mask > 127).astype(np.uint8), size, nearest=True)[0]

@@ -7,7 +7,6 @@ segmenter's raw thresholded mask. Writes ``runs/cls-*/`` (metrics.json, curves, 
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader

@@ -1,26 +1,12 @@
 """Decoding and validation: every accepted format decodes the same picture, every bad input names its problem."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from client.dicom_files import make_dicom
 from cxr.pixels import ImageError, decode_image, sniff_format
-
-
-def _png(array: np.ndarray, mode: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _jpeg(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
+from tests.images import jpeg_bytes, png_bytes
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,11 +28,11 @@ def test_real_jpeg_decodes_to_gray(xray_jpeg):
 @pytest.mark.parametrize(
     "encode",
     [
-        pytest.param(lambda g: _png(g), id="png8"),
-        pytest.param(lambda g: _png(g.astype(np.uint16) * 257), id="png16"),
-        pytest.param(lambda g: _png(np.stack([g] * 3, -1)), id="png-rgb"),
-        pytest.param(lambda g: _png(np.dstack([g, g, g, np.full_like(g, 255)])), id="png-rgba"),
-        pytest.param(lambda g: _jpeg(np.stack([g] * 3, -1)), id="jpeg-rgb"),
+        pytest.param(lambda g: png_bytes(g), id="png8"),
+        pytest.param(lambda g: png_bytes(g.astype(np.uint16) * 257), id="png16"),
+        pytest.param(lambda g: png_bytes(np.stack([g] * 3, -1)), id="png-rgb"),
+        pytest.param(lambda g: png_bytes(np.dstack([g, g, g, np.full_like(g, 255)])), id="png-rgba"),
+        pytest.param(lambda g: jpeg_bytes(np.stack([g] * 3, -1)), id="jpeg-rgb"),
         pytest.param(lambda g: make_dicom(g.astype(np.float32), bits_stored=12), id="dicom-cr-12bit"),
         pytest.param(lambda g: make_dicom(g.astype(np.float32), bits_stored=16), id="dicom-cr-16bit"),
         pytest.param(lambda g: make_dicom(g.astype(np.float32), bits_stored=8), id="dicom-cr-8bit"),
@@ -83,9 +69,9 @@ BAD_INPUTS = [
     ("empty", lambda g, j: b"", "empty input"),
     ("random-bytes", lambda g, j: np.random.default_rng(0).bytes(5000), "unrecognised image format"),
     ("truncated-jpeg", lambda g, j: j[: len(j) // 3], "truncated or corrupt JPEG"),
-    ("truncated-png", lambda g, j: _png(g)[:2000], "truncated or corrupt PNG"),
-    ("tiny-1x1-png", lambda g, j: _png(np.zeros((1, 1), np.uint8)), "too small"),
-    ("tiny-40px-jpeg", lambda g, j: _jpeg(np.zeros((40, 300), np.uint8)), "too small"),
+    ("truncated-png", lambda g, j: png_bytes(g)[:2000], "truncated or corrupt PNG"),
+    ("tiny-1x1-png", lambda g, j: png_bytes(np.zeros((1, 1), np.uint8)), "too small"),
+    ("tiny-40px-jpeg", lambda g, j: jpeg_bytes(np.zeros((40, 300), np.uint8)), "too small"),
     ("huge-20000px-png", lambda g, j: _big_png_header(20000, 20000), "too large"),
     ("ct-dicom", lambda g, j: make_dicom(g.astype(np.float32), modality="CT"), "unsupported modality 'CT'"),
     ("mr-dicom", lambda g, j: make_dicom(g.astype(np.float32), modality="MR"), "unsupported modality 'MR'"),

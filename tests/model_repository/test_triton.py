@@ -14,6 +14,7 @@ from client.dicom_files import make_dicom
 from client.grpc_client import TriageClient
 from client.local_pipeline import LocalPipeline
 from cxr.labels import LABELS
+from tests.images import png_bytes
 
 pytestmark = pytest.mark.triton
 
@@ -44,7 +45,7 @@ def test_real_test_images_match_the_onnx_pipeline(client, repository, test_rows)
 BAD = {
     "truncated.jpg": (lambda jpeg, px: jpeg[: len(jpeg) // 3], "truncated or corrupt JPEG"),
     "ct.dcm": (lambda jpeg, px: make_dicom(px, modality="CT"), "unsupported modality 'CT'"),
-    "1x1.png": (lambda jpeg, px: __import__("tests.cxr.test_pixels", fromlist=["_png"])._png(np.zeros((1, 1), np.uint8)), "too small"),
+    "1x1.png": (lambda jpeg, px: png_bytes(np.zeros((1, 1), np.uint8)), "too small"),
     "random.bin": (lambda jpeg, px: np.random.default_rng(1).bytes(4096), "unrecognised image format"),
     "empty": (lambda jpeg, px: b"", "empty input"),
 }

@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from cxr.labels import label_index
 from cxr.pixels import decode_image
-from cxr.preprocess import PrepareInput, letterbox
+from cxr.lungmask import read_mask
+from cxr.preprocess import PrepareInput
 from cxr.specs import ModelSpec
 from training.data.manifest import Record
 
@@ -21,14 +22,6 @@ def load_unit(record: Record, prepare: PrepareInput) -> np.ndarray:
     """Decode ``record.image`` as the server does and return the letterboxed ``(H, W)`` image in ``[0, 1]``."""
     decoded = decode_image(record.image.read_bytes(), draft_size=max(prepare.size))
     return prepare.unit(decoded.pixels)[0]
-
-
-def load_mask(record: Record, size: tuple[int, int]) -> np.ndarray:
-    """Letterboxed ``(H, W)`` uint8 ground-truth mask in ``{0, 1}``."""
-    mask = cv2.imread(str(record.mask), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ValueError(f"cannot read mask {record.mask}")
-    return letterbox((mask > 127).astype(np.uint8), size, nearest=True)[0]
 
 
 def geometric_augment(p: float = 0.9) -> A.Compose:
@@ -56,7 +49,7 @@ class SegmentationDataset(Dataset):
     def __init__(self, records: Sequence[Record], spec: ModelSpec, augment: bool = False) -> None:
         self.records = [r for r in records if r.mask is not None]
         self.cache = CachedImages(self.records, spec, desc="decode seg")
-        self.masks = [load_mask(r, spec.input_size) for r in self.records]
+        self.masks = [read_mask(r.mask, spec.input_size) for r in self.records]
         self.geometric = geometric_augment() if augment else None
         self.intensity = intensity_augment() if augment else None
 
