@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 REPOSITORY := build/model_repository
 STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-fast serve repository train train-seg train-cls evaluate lock clean
+.PHONY: setup demo test test-fast serve repository train train-seg train-cls evaluate bench perf-analyzer int8 lock clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ serve: repository
 
 evaluate: repository
 	$(VENV)/bin/cxr evaluate --split test
+
+# Performance (README "Performance"): served vs raw ONNX Runtime vs Flask baseline, FP32 and INT8 profiles.
+bench: repository
+	$(VENV)/bin/cxr bench
+perf-analyzer: repository
+	$(PY) -m benchmarks.perf_analyzer
+int8: repository
+	$(PY) -m benchmarks.int8
 
 # Reproduce the shipped weights (about 40 + 22 + 22 minutes on 2 CPU cores).
 train: train-seg train-cls

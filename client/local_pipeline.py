@@ -10,12 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from cxr.lungmask import lung_fraction, postprocess_mask
+from cxr.onnx_session import cpu_session
 from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION, ROUTER
 from cxr.triage import Thresholds, triage
+
+
+def served_onnx_file(repository: Path, role: str) -> str:
+    """The ONNX file the repository's config serves for ``role`` (``model.onnx``, or ``model.int8.onnx``)."""
+    from export.pbtxt import parse
+
+    config = parse((repository / role / "config.pbtxt").read_text())
+    return config.parameters["onnx_file"].string_value if "onnx_file" in config.parameters else "model.onnx"
 
 
 @dataclass
@@ -27,22 +35,43 @@ class LocalResult:
 
 
 class LocalPipeline:
-    def __init__(self, repository: str | Path, threads: int = 2) -> None:
+    """Args:
+        repository: a built model repository (its version 1 ONNX files, thresholds and build.json).
+        threads: ONNX Runtime intra-op threads per session.
+        onnx_files: ``{role: path}`` to run other graphs (e.g. INT8) in place of the repository's.
+    """
+
+    def __init__(self, repository: str | Path, threads: int = 2, onnx_files: dict[str, str | Path] | None = None) -> None:
         repository = Path(repository)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.seg = ort.InferenceSession(str(repository / LUNG_SEGMENTATION.role / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        self.cls = ort.InferenceSession(str(repository / CLASSIFIER.role / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        files = {spec.role: repository / spec.role / "1" / served_onnx_file(repository, spec.role)
+                 for spec in (LUNG_SEGMENTATION, CLASSIFIER)}
+        files.update(onnx_files or {})
+        self.seg = cpu_session(files[LUNG_SEGMENTATION.role], threads)
+        self.cls = cpu_session(files[CLASSIFIER.role], threads)
         self.thresholds = Thresholds.load(repository / ROUTER.role / "1" / "thresholds.json")
         self.model_versions = json.loads((repository / "build.json").read_text())["model_versions"]
 
+    def prepare(self, blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Decode and preprocess (raises :class:`cxr.pixels.ImageError` on a bad image)."""
+        prepared = [prepare_bytes(b, (LUNG_SEGMENTATION, CLASSIFIER)) for b in blobs]
+        return np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
+
+    def segment(self, seg_in: np.ndarray) -> np.ndarray:
+        return self.seg.run(None, {LUNG_SEGMENTATION.inputs[0].name: seg_in})[0]
+
+    def classify(self, cls_in: np.ndarray, raw_masks: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, classes)``."""
+        feeds = {CLASSIFIER.inputs[0].name: cls_in, CLASSIFIER.inputs[1].name: raw_masks}
+        return self.cls.run(["probabilities"], feeds)[0]
+
     def run_batch(self, blobs: list[bytes]) -> list[LocalResult]:
         """Triage a batch of encoded images (raises :class:`cxr.pixels.ImageError` on a bad one)."""
-        prepared = [prepare_bytes(b, (LUNG_SEGMENTATION, CLASSIFIER)) for b in blobs]
-        seg_in = np.stack([p[0] for p in prepared])
-        cls_in = np.stack([p[1] for p in prepared])
-        (raw,) = self.seg.run(None, {LUNG_SEGMENTATION.inputs[0].name: seg_in})
-        _, probs, _ = self.cls.run(None, {CLASSIFIER.inputs[0].name: cls_in, CLASSIFIER.inputs[1].name: raw})
+        seg_in, cls_in = self.prepare(blobs)
+        raw = self.segment(seg_in)
+        return self.route(self.classify(cls_in, raw), raw)
+
+    def route(self, probs: np.ndarray, raw: np.ndarray) -> list[LocalResult]:
+        """Post-process the masks and apply the triage thresholds, as ``triage_router`` does."""
         results = []
         for p, r in zip(probs, raw):
             mask = postprocess_mask(r[0])

@@ -73,12 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build-repository", help="export ONNX (parity-checked) and write the Triton repository")
     build.add_argument("--out", default="build/model_repository")
-    build.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
+    build.add_argument("--profile", choices=("cpu", "cpu-int8", "gpu", "gpu-trt"), default="cpu")
     build.set_defaults(func=_build)
+
+    # `cxr bench ARGS` hands ARGS to benchmarks.run (see main); listed here for `cxr --help`.
+    sub.add_parser("bench", help="served vs raw ONNX Runtime vs a naive Flask server (cxr bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from benchmarks.run import main as bench
+
+        bench(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     if getattr(args, "manifest", "unset") is None:
         from training.data.manifest import DEFAULT_MANIFEST

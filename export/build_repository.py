@@ -1,11 +1,12 @@
 """Build a self-contained Triton model repository from the shipped weights and the specs.
 
-    python -m export.build_repository --out build/model_repository [--profile cpu|gpu]
+    python -m export.build_repository --out build/model_repository [--profile cpu|cpu-int8|gpu|gpu-trt]
 
 Each ONNX model is exported and parity-checked, every ``config.pbtxt`` is rendered from
 :mod:`cxr.specs`, the python models get their source and a copy of the ``cxr`` package beside them,
 so the folder can be copied to any Triton host (whose python needs numpy<2, Pillow, OpenCV, SciPy,
-pydicom and onnxruntime).
+pydicom and onnxruntime). ``cpu-int8`` adds the INT8 graphs (calibrated on train images from the
+shared data); ``gpu-trt`` adds ``build_engines.sh``, which builds the TensorRT engines on the GPU host.
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from pathlib import Path
 
 from cxr.labels import LABELS
 from cxr.specs import ENSEMBLE_NAME, MODEL_SPECS, PREPROCESS, ROUTER
-from export.pbtxt import PROFILES, render, repository_configs
+from export.pbtxt import ONNX_FILES, PROFILES, render, repository_configs
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO / "model_repository"
 THRESHOLDS = REPO / "configs" / "triage_thresholds.json"
+ENGINE_SCRIPT = "build_engines.sh"
 WEIGHTS = REPO / "weights"
 
 
@@ -47,6 +49,30 @@ def _export(role: str, onnx_path: Path, weights: Path, digest: str, previous: di
     return {"max_abs_diff": parity.max_abs_diff, "mask_agreement": parity.mask_agreement}
 
 
+def _quantize(out: Path, calibration: int = 64) -> dict:
+    """Write ``model.int8.onnx`` beside each FP32 graph (see :mod:`export.quantize`)."""
+    from export.quantize import calibration_blobs, quantize_repository
+
+    paths = quantize_repository(out, out / ".int8", calibration_blobs(calibration))
+    for role, path in paths.items():
+        shutil.move(path, out / role / "1" / ONNX_FILES["cpu-int8"])
+    shutil.rmtree(out / ".int8", ignore_errors=True)
+    return {"calibration_images": calibration, "method": "onnxruntime static QDQ, U8S8 per-channel, MinMax"}
+
+
+def _write_engine_script(out: Path) -> None:
+    """``build_engines.sh``: the trtexec commands, relative to the repository, for the GPU host."""
+    from export.tensorrt import build_engines
+
+    lines = ["#!/bin/sh", "# Build the TensorRT engines on the GPU host (inside the NGC TensorRT/Triton container).",
+             'cd "$(dirname "$0")"', "set -e"]
+    for command in build_engines(out, print_only=True):
+        lines.append(" ".join(["trtexec", *(c.replace(f"{out}/", "") for c in command[1:])]))
+    script = out / ENGINE_SCRIPT
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+
+
 def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | Path = WEIGHTS, threads: int = 2) -> dict:
     """Write the repository to ``out``; returns its build manifest (also written as ``out/build.json``)."""
     if profile not in PROFILES:
@@ -64,7 +90,7 @@ def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | P
         version_dir = out / role / "1"
         version_dir.mkdir(parents=True, exist_ok=True)
         parity = _export(role, version_dir / "model.onnx", weights, digest, previous)
-        if profile == "cpu":
+        if profile in ONNX_FILES:
             shutil.copy(SOURCES / "onnx_runtime" / "model.py", version_dir / "model.py")
             _vendor_cxr(version_dir)
         else:
@@ -72,6 +98,8 @@ def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | P
             shutil.rmtree(version_dir / "cxr", ignore_errors=True)
         versions[role] = f"{spec.name}@1:{digest[:12]}"
         manifest["models"][role] = {"model": spec.name, "weights": spec.weights, "weights_sha256": digest, "parity": parity}
+    if profile == "gpu-trt":
+        _write_engine_script(out)
     (out / MODEL_SPECS["cxr_classifier"].role / "labels.txt").write_text("\n".join(LABELS) + "\n")
 
     for step in (PREPROCESS, ROUTER):
@@ -86,6 +114,9 @@ def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | P
         (out / name / "config.pbtxt").write_text(render(config))
     manifest["model_versions"] = versions
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    if profile == "cpu-int8":  # calibration runs the finished FP32 pipeline
+        manifest["int8"] = _quantize(out)
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -1,11 +1,15 @@
 """Render every ``config.pbtxt`` of the repository from :mod:`cxr.specs` (tritonclient's ModelConfig protobuf).
 
-Two profiles come from the same specs:
+Four profiles come from the same specs:
 
 - ``cpu``: the ONNX models run in python-backend adapters with ONNX Runtime (this machine's Triton wheel
   has no onnxruntime backend).
+- ``cpu-int8``: the same adapters on the INT8 (QDQ) graphs written by :mod:`export.quantize`
+  (``model.int8.onnx``; ``benchmarks.int8`` measures its speed and accuracy against FP32).
 - ``gpu``: the stock ``onnxruntime_onnx`` platform on ``KIND_GPU`` with the TensorRT execution
   accelerator in FP16 and an engine cache (for the NGC Triton container; not runnable here).
+- ``gpu-trt``: ``tensorrt_plan`` engines (``model.plan``) that :mod:`export.tensorrt` builds on the GPU host
+  from the same ONNX, with optimisation profiles matching the dynamic batcher (not runnable here).
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ from cxr.specs import (
     TensorSpec,
 )
 
-PROFILES = ("cpu", "gpu")
+PROFILES = ("cpu", "cpu-int8", "gpu", "gpu-trt")
+ONNX_FILES = {"cpu": "model.onnx", "cpu-int8": "model.int8.onnx"}
+PLAN_FILE = "model.plan"
 LABELS_FILE = "labels.txt"
 
 
@@ -47,7 +53,7 @@ def _params(config: mc.ModelConfig, params: dict[str, str]) -> None:
 
 
 def model_config(spec: ModelSpec, profile: str, threads: int = 2) -> mc.ModelConfig:
-    """Config of an ONNX model for ``profile`` (``cpu`` or ``gpu``)."""
+    """Config of an ONNX model for ``profile`` (one of :data:`PROFILES`)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
     config = mc.ModelConfig(
@@ -60,10 +66,14 @@ def model_config(spec: ModelSpec, profile: str, threads: int = 2) -> mc.ModelCon
             max_queue_delay_microseconds=spec.max_queue_delay_us,
         ),
     )
-    if profile == "cpu":
+    if profile in ONNX_FILES:
         config.backend = "python"
         config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
-        _params(config, {"onnx_file": "model.onnx", "intra_op_threads": str(threads)})
+        _params(config, {"onnx_file": ONNX_FILES[profile], "intra_op_threads": str(threads)})
+    elif profile == "gpu-trt":
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = PLAN_FILE
+        config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
     else:
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = "model.onnx"

@@ -6,10 +6,10 @@ and the graph. All requests of one dynamic batch are concatenated and run as one
 import json
 import os
 
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from cxr.batching import concat_requests, split_batch
+from cxr.onnx_session import cpu_session
 
 
 class TritonPythonModel:
@@ -17,12 +17,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         model_dir = os.path.join(args["model_repository"], args["model_version"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "2"))
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            os.path.join(model_dir, params.get("onnx_file", "model.onnx")), options, providers=["CPUExecutionProvider"]
+        self.session = cpu_session(
+            os.path.join(model_dir, params.get("onnx_file", "model.onnx")), int(params.get("intra_op_threads", "2"))
         )
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]

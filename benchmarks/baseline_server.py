@@ -1,0 +1,67 @@
+"""The naive alternative: a Flask app running the same models in PyTorch eager mode, one request at a time.
+
+    python -m benchmarks.baseline_server --port 8500
+
+This is what a small hospital team would write first (the "B/S" web system of the DPN92+GCNet paper):
+``POST /triage`` with the encoded image as the body, the shipped weights in PyTorch, the same
+``cxr`` decoding, preprocessing, mask post-processing and thresholds as the served ensemble, Flask's
+own server with ``threaded=False``. No batching, no pipelining. It exists only to be measured against.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from flask import Flask, Response, request
+
+from cxr.labels import LABELS
+from cxr.lungmask import lung_fraction, postprocess_mask
+from cxr.pixels import ImageError
+from cxr.preprocess import prepare_bytes
+from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
+from cxr.triage import Thresholds, triage
+from export.onnx import serving_graph
+from training.common import REPO
+
+THRESHOLDS = REPO / "configs" / "triage_thresholds.json"
+
+
+def create_app(threads: int = 2) -> Flask:
+    torch.set_num_threads(threads)
+    segmenter, classifier = serving_graph(LUNG_SEGMENTATION), serving_graph(CLASSIFIER)
+    thresholds = Thresholds.load(THRESHOLDS)
+    app = Flask(__name__)
+
+    @app.post("/triage")
+    def triage_image():
+        try:
+            seg_in, cls_in = prepare_bytes(request.get_data(), (LUNG_SEGMENTATION, CLASSIFIER))
+        except ImageError as exc:
+            return Response(json.dumps({"error": f"bad image: {exc}"}), status=400, mimetype="application/json")
+        with torch.no_grad():
+            raw = segmenter(torch.from_numpy(seg_in[None]))
+            _, probs, _ = classifier(torch.from_numpy(cls_in[None]), raw)
+        mask = postprocess_mask(raw[0, 0].numpy().astype(np.uint8))
+        result = triage(probs[0].numpy(), lung_fraction(mask), thresholds).to_dict()
+        result["probabilities"] = dict(zip(LABELS, probs[0].tolist()))
+        return Response(json.dumps(result), mimetype="application/json")
+
+    @app.get("/health")
+    def health():
+        return "ok"
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    create_app(args.threads).run(host="127.0.0.1", port=args.port, threaded=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Closed-loop load generator shared by every benchmark: the same client loop for every server.
+
+``concurrency`` worker threads each send one image, wait for the answer, and send the next, until
+``requests`` answers have come back. Latency is measured here, around the transport call, so the
+served ensemble and the naive baseline are timed by the same code.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+# send(image_bytes) -> None on success, or an error message.
+Send = Callable[[bytes], "str | None"]
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def requests_for(concurrency: int, minimum: int = 96, per_worker: int = 4) -> int:
+    """Enough requests that every worker sends several and the tail percentiles mean something."""
+    return max(minimum, per_worker * concurrency)
+
+
+def run_load(send: Send, blobs: list[bytes], concurrency: int, requests: int, warmup: int = 2) -> dict:
+    """Run ``requests`` requests with ``concurrency`` in flight over ``blobs`` (cycled).
+
+    Returns:
+        ``{"concurrency", "requests", "errors", "img_s", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
+        "first_error"}``; ``img_s`` counts successful answers over the wall time.
+    """
+    for blob in blobs[:warmup]:
+        send(blob)
+    items = [blobs[i % len(blobs)] for i in range(requests)]
+
+    def timed(blob: bytes) -> tuple[float, str | None]:
+        start = time.perf_counter()
+        error = send(blob)
+        return (time.perf_counter() - start) * 1e3, error
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(timed, items))
+    wall = time.perf_counter() - start
+    latencies = np.array([ms for ms, _ in results])
+    errors = [e for _, e in results if e is not None]
+    row = {"concurrency": concurrency, "requests": requests, "errors": len(errors),
+           "img_s": (requests - len(errors)) / wall, "wall_s": wall}
+    row.update({f"p{p}_ms": float(v) for p, v in zip(PERCENTILES, np.percentile(latencies, PERCENTILES))})
+    row["first_error"] = errors[0] if errors else None
+    return row

@@ -1,0 +1,220 @@
+"""One command, one run: the served ensemble against its own limit and against a naive server.
+
+    cxr bench [--json] [--out build/bench]      (same as: python -m benchmarks.run)
+
+For each repository profile (``cpu`` = FP32, ``cpu-int8`` = the INT8 graphs; built if missing):
+
+1. ``raw``: the pipeline's code and ONNX files back-to-back in this process (:mod:`benchmarks.raw`).
+2. ``served``: the ``cxr_triage`` ensemble in Triton over gRPC at concurrency 1, 4, 16, 64, with
+   Triton's per-step queue/compute statistics for each level.
+
+Then ``baseline``: Flask + PyTorch eager FP32, one request at a time (:mod:`benchmarks.baseline_server`),
+driven by the same load generator with the same images. The top-level summary is the FP32 profile
+(the same models as the baseline); ``profiles`` has every profile's own summary.
+
+Every server is started here, measured alone (the others stopped) and stopped again. Prints a table
+(or JSON with ``--json``) and writes ``results.json`` and ``latency_throughput.png`` under ``--out``.
+Goals (see the README's Performance section) are reported as numbers, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from benchmarks import raw as raw_bench
+from benchmarks.images import benchmark_images
+from benchmarks.load import requests_for, run_load
+from benchmarks.triton_stats import breakdown, snapshot
+
+CONCURRENCY = (1, 4, 16, 64)
+PROFILES = {"cpu": "build/model_repository", "cpu-int8": "build/model_repository_int8"}
+BASELINE_CONCURRENCY = (1, 16)
+GOALS = {"efficiency": 0.90, "vs_baseline": 3.0, "p99_over_p50_c1": 1.3}
+
+
+def ensure_repository(profile: str) -> str:
+    """The repository of ``profile``, built from the shipped weights if it is not there yet."""
+    repository = PROFILES[profile]
+    manifest = Path(repository, "build.json")
+    if not manifest.exists() or json.loads(manifest.read_text()).get("profile") != profile:
+        from export.build_repository import build_repository
+
+        build_repository(repository, profile)
+    return repository
+
+
+def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY, url: str | None = None) -> list[dict]:
+    """Load levels against ``cxr_triage`` (a server is started on ``repository`` unless ``url`` is given)."""
+    from client.grpc_client import TriageClient
+
+    def levels(grpc_url: str) -> list[dict]:
+        client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"))
+        send = lambda blob: client.triage(blob).error  # noqa: E731
+        rows = []
+        for c in concurrency:
+            before = snapshot(client.client)
+            row = run_load(send, blobs, c, requests_for(c))
+            row["server"] = breakdown(before, snapshot(client.client))
+            rows.append(row)
+        client.close()
+        return rows
+
+    if url:
+        return levels(url)
+    from cxr.server import TritonServer, free_port
+
+    with TritonServer(repository, free_port(), free_port(), free_port()) as server:
+        return levels(server.grpc_url)
+
+
+def measure_baseline(blobs: list[bytes], concurrency=BASELINE_CONCURRENCY, startup_s: float = 120.0) -> list[dict]:
+    """Start the Flask baseline in a subprocess and drive it with the same load generator."""
+    from cxr.server import free_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def send(blob: bytes) -> str | None:
+        req = urllib.request.Request(f"{base}/triage", data=blob, headers={"Content-Type": "application/octet-stream"})
+        try:
+            with urllib.request.urlopen(req, timeout=600) as response:
+                json.loads(response.read())
+                return None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return str(exc)
+
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the Flask baseline did not start")
+                time.sleep(0.5)
+        return [run_load(send, blobs, c, requests_for(c)) for c in concurrency]
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def summarise(raw: dict, served: list[dict], baseline: list[dict]) -> dict:
+    """The headline numbers and the goals, met or not."""
+    best_served = max(served, key=lambda r: r["img_s"])
+    best_base = max(baseline, key=lambda r: r["img_s"])
+    at = {r["concurrency"]: r for r in served}
+    base_at = {r["concurrency"]: r for r in baseline}
+    c1 = at.get(1)
+    summary = {
+        "raw_ort_img_s": raw["raw_img_s"],
+        "served_img_s": best_served["img_s"],
+        "served_concurrency": best_served["concurrency"],
+        "efficiency": best_served["img_s"] / raw["raw_img_s"],
+        "baseline_img_s": best_base["img_s"],
+        "vs_baseline": best_served["img_s"] / best_base["img_s"],
+        "batching_gain": at[16]["img_s"] / at[1]["img_s"] if 1 in at and 16 in at else None,
+        "p99_over_p50_c1": c1["p99_ms"] / c1["p50_ms"] if c1 else None,
+        "errors": sum(r["errors"] for r in served + baseline),
+    }
+    same_c = best_base["concurrency"]
+    if same_c in at:
+        summary["p99_ms_at_baseline_concurrency"] = {"concurrency": same_c, "served": at[same_c]["p99_ms"],
+                                                     "baseline": base_at[same_c]["p99_ms"]}
+    summary["goals"] = {
+        "efficiency >= 0.90": summary["efficiency"] >= GOALS["efficiency"],
+        "vs_baseline >= 3": summary["vs_baseline"] >= GOALS["vs_baseline"],
+        "p99 <= 1.3 x p50 at concurrency 1": bool(c1) and summary["p99_over_p50_c1"] <= GOALS["p99_over_p50_c1"],
+    }
+    return summary
+
+
+def plot(served_by_profile: dict[str, list[dict]], baseline: list[dict], raw_img_s: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves = [(rows, f"Triton ensemble {profile}", "o") for profile, rows in served_by_profile.items()]
+    for rows, name, marker in curves + [(baseline, "Flask + PyTorch eager", "s")]:
+        xs = [r["img_s"] for r in rows]
+        ax.plot(xs, [r["p50_ms"] for r in rows], marker=marker, label=f"{name} p50")
+        ax.plot(xs, [r["p99_ms"] for r in rows], marker=marker, linestyle="--", label=f"{name} p99")
+        for r in rows:
+            ax.annotate(f"c={r['concurrency']}", (r["img_s"], r["p99_ms"]), fontsize=8, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.axvline(raw_img_s, color="grey", linestyle=":", label=f"raw ONNX Runtime limit (FP32) {raw_img_s:.1f} img/s")
+    ax.set_xlabel("throughput (images/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("cxr_triage on 2 CPU cores: latency vs throughput")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_report(result: dict) -> None:
+    for profile, measured in result["profiles"].items():
+        print(f"== raw pipeline, profile {profile}")
+        raw_bench.print_table(measured["raw"])
+        print()
+    print(f"{'server':<18} {'conc':>4} {'img/s':>7} {'p50':>7} {'p90':>7} {'p95':>7} {'p99':>7} {'errors':>6}")
+    tables = [(f"served {p}", m["served"]) for p, m in result["profiles"].items()] + [("baseline", result["baseline"])]
+    for name, rows in tables:
+        for r in rows:
+            print(f"{name:<18} {r['concurrency']:>4} {r['img_s']:>7.2f} {r['p50_ms']:>7.1f} {r['p90_ms']:>7.1f} "
+                  f"{r['p95_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['errors']:>6}")
+    for profile, measured in result["profiles"].items():
+        print(f"\nserver-side per step, {profile}, concurrency {measured['served'][-1]['concurrency']} (ms per request):")
+        for model, s in measured["served"][-1]["server"].items():
+            print(f"  {model:<18} queue {s['queue_ms']:7.1f}  compute {s['compute_ms']:7.1f}  mean batch "
+                  f"{s['mean_batch'] or 0:.1f}")
+    for profile, measured in result["profiles"].items():
+        print(f"\nsummary {profile}:")
+        for key, value in measured["summary"].items():
+            print(f"  {key:<32} {value}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="cxr bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), nargs="+", default=list(PROFILES))
+    parser.add_argument("--out", default="build/bench")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    blobs = benchmark_images()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    profiles = {}
+    for profile in args.profile:
+        repository = ensure_repository(profile)
+        profiles[profile] = {"repository": repository, "raw": raw_bench.measure(repository, blobs),
+                             "served": measure_served(repository, blobs)}
+    baseline = measure_baseline(blobs)
+    for measured in profiles.values():
+        measured["summary"] = summarise(measured["raw"], measured["served"], baseline)
+    headline = profiles.get("cpu", next(iter(profiles.values())))
+    result = {"images": len(blobs), **headline["summary"], "profiles": profiles, "baseline": baseline}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    plot({p: m["served"] for p, m in profiles.items()}, baseline, headline["raw"]["raw_img_s"],
+         out / "latency_throughput.png")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_report(result)
+        print(f"\nwrote {out / 'results.json'} and {out / 'latency_throughput.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

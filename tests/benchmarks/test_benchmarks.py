@@ -1,0 +1,108 @@
+"""The benchmark machinery computes what it says; no timing is asserted (numbers live in `cxr bench`)."""
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from benchmarks.load import requests_for, run_load
+from benchmarks.run import summarise
+from benchmarks.triton_stats import breakdown
+
+
+def test_load_generator_counts_every_request_and_error():
+    sent = []
+
+    def send(blob: bytes):
+        sent.append(blob)
+        return "rejected" if blob == b"bad" else None
+
+    row = run_load(send, [b"a", b"bad", b"c"], concurrency=3, requests=30, warmup=0)
+    assert len(sent) == 30
+    assert row["errors"] == 10 and row["first_error"] == "rejected"
+    assert row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    assert row["img_s"] == pytest.approx(20 / row["wall_s"])
+
+
+def test_requests_scale_with_concurrency():
+    assert requests_for(1) == 96 and requests_for(64) == 256
+
+
+def _row(c, img_s, p50, p99):
+    return {"concurrency": c, "img_s": img_s, "p50_ms": p50, "p99_ms": p99, "errors": 0}
+
+
+def test_summary_ratios_and_goals():
+    served = [_row(1, 10, 100, 120), _row(4, 18, 200, 260), _row(16, 20, 700, 900), _row(64, 19, 3000, 4000)]
+    baseline = [_row(1, 6, 160, 200), _row(16, 6.5, 2400, 2600)]
+    s = summarise({"raw_img_s": 21.0}, served, baseline)
+    assert s["served_img_s"] == 20 and s["served_concurrency"] == 16
+    assert s["efficiency"] == pytest.approx(20 / 21)
+    assert s["vs_baseline"] == pytest.approx(20 / 6.5)
+    assert s["batching_gain"] == pytest.approx(2.0)
+    assert s["p99_over_p50_c1"] == pytest.approx(1.2)
+    assert s["p99_ms_at_baseline_concurrency"] == {"concurrency": 16, "served": 900, "baseline": 2600}
+    assert s["goals"] == {"efficiency >= 0.90": True, "vs_baseline >= 3": True, "p99 <= 1.3 x p50 at concurrency 1": True}
+    slow = summarise({"raw_img_s": 40.0}, served, baseline)
+    assert slow["goals"]["efficiency >= 0.90"] is False
+
+
+def test_triton_statistics_breakdown_is_per_request_over_the_interval():
+    idle = {"requests": 10, "executions": 5, "inferences": 10, "queue": 0, "compute_input": 0,
+            "compute_infer": 0, "compute_output": 0}
+    before = {"m": idle, "idle": idle}
+    after = {"m": {"requests": 30, "executions": 10, "inferences": 30, "queue": 40_000_000, "compute_input": 2_000_000,
+                   "compute_infer": 60_000_000, "compute_output": 2_000_000},
+             "idle": idle}
+    out = breakdown(before, after)
+    assert set(out) == {"m"}  # a model without requests in the interval is left out
+    assert out["m"]["requests"] == 20 and out["m"]["mean_batch"] == 4.0
+    assert out["m"]["queue_ms"] == pytest.approx(2.0) and out["m"]["compute_ms"] == pytest.approx(3.2)
+
+
+def test_perf_analyzer_input_is_the_serialized_bytes_tensor(tmp_path, xray_jpeg):
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    from benchmarks.perf_analyzer import write_input_data
+
+    path = write_input_data([xray_jpeg, b"xyz"], tmp_path / "input.json")
+    entries = json.loads(path.read_text())["data"]
+    assert len(entries) == 2
+    raw = base64.b64decode(entries[0]["image_bytes"]["b64"])
+    assert struct.unpack("<I", raw[:4])[0] == len(xray_jpeg)
+    assert deserialize_bytes_tensor(raw)[0] == xray_jpeg
+    assert entries[0]["image_bytes"]["shape"] == [1]
+
+
+@pytest.mark.slow
+def test_raw_pipeline_reports_each_stage(repository, xray_jpeg):
+    from benchmarks.raw import measure
+
+    result = measure(str(repository), [xray_jpeg] * 4, batches=(2,), images=4)
+    row = result["rows"][0]
+    assert row["batch"] == 2 and result["best_batch"] == 2
+    assert all(row[k] > 0 for k in ("preprocess_ms", "segmentation_ms", "classification_ms", "routing_ms"))
+    assert result["raw_img_s"] == pytest.approx(1e3 / sum(row[k] for k in row if k.endswith("_ms")))
+    # The MACs PyTorch counts for the served graphs (ResUNet-18 and MobileNetV2 MD-Conv at 256 px).
+    assert result["gmacs"]["lung_segmentation"] == pytest.approx(3.48, abs=0.01)
+    assert result["gmacs"]["cxr_classifier"] == pytest.approx(0.388, abs=0.005)
+
+
+@pytest.mark.slow
+def test_flask_baseline_answers_like_the_pipeline_and_names_bad_input(repository, xray_jpeg):
+    from benchmarks.baseline_server import create_app
+    from cxr.labels import LABELS
+    from client.local_pipeline import LocalPipeline
+
+    client = create_app(threads=2).test_client()
+    answer = client.post("/triage", data=xray_jpeg)
+    assert answer.status_code == 200
+    expected = LocalPipeline(repository).run_batch([xray_jpeg])[0]
+    assert answer.get_json()["top_finding"] == expected.triage["top_finding"]
+    served = answer.get_json()["probabilities"]
+    assert [served[label] for label in LABELS] == pytest.approx(expected.probabilities.tolist(), abs=1e-3)
+    bad = client.post("/triage", data=b"not an image")
+    assert bad.status_code == 400 and "bad image" in bad.get_json()["error"]
