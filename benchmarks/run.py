@@ -137,14 +137,14 @@ def summarise(raw: dict, served: list[dict], baseline: list[dict]) -> dict:
     return summary
 
 
-def plot(served_by_profile: dict[str, list[dict]], baseline: list[dict], raw_img_s: float, path: Path) -> None:
+def plot(profiles: dict[str, dict], baseline: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    curves = [(rows, f"Triton ensemble {profile}", "o") for profile, rows in served_by_profile.items()]
+    curves = [(m["served"], f"Triton ensemble {profile}", "o") for profile, m in profiles.items()]
     for rows, name, marker in curves + [(baseline, "Flask + PyTorch eager", "s")]:
         xs = [r["img_s"] for r in rows]
         ax.plot(xs, [r["p50_ms"] for r in rows], marker=marker, label=f"{name} p50")
@@ -152,12 +152,14 @@ def plot(served_by_profile: dict[str, list[dict]], baseline: list[dict], raw_img
         for r in rows:
             ax.annotate(f"c={r['concurrency']}", (r["img_s"], r["p99_ms"]), fontsize=8, xytext=(3, 3),
                         textcoords="offset points")
-    ax.axvline(raw_img_s, color="grey", linestyle=":", label=f"raw ONNX Runtime limit (FP32) {raw_img_s:.1f} img/s")
+    for (profile, m), style in zip(profiles.items(), (":", "-.")):
+        raw = m["raw"]["raw_img_s"]
+        ax.axvline(raw, color="grey", linestyle=style, label=f"raw ONNX Runtime limit {profile} {raw:.1f} img/s")
     ax.set_xlabel("throughput (images/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.set_title("cxr_triage on 2 CPU cores: latency vs throughput")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -206,8 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     headline = profiles.get("cpu", next(iter(profiles.values())))
     result = {"images": len(blobs), **headline["summary"], "profiles": profiles, "baseline": baseline}
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    plot({p: m["served"] for p, m in profiles.items()}, baseline, headline["raw"]["raw_img_s"],
-         out / "latency_throughput.png")
+    plot(profiles, baseline, out / "latency_throughput.png")
     if args.json:
         print(json.dumps(result))
     else:
