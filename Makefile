@@ -7,9 +7,19 @@ PIP := $(PY) -m pip
 REPOSITORY := build/model_repository
 STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-fast serve repository train train-seg train-cls evaluate bench perf-analyzer int8 lock clean
+APT_PACKAGES := orthanc dcmtk chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-setup: $(STAMP)
+.PHONY: system-packages setup demo test test-fast serve repository train train-seg train-cls evaluate bench perf-analyzer int8 lock clean
+
+setup: system-packages $(STAMP)
+
+# Debian packages: Orthanc (the PACS the gateway tests talk to), dcmtk (storescu/echoscu) and chromium
+# (the upload page's browser test, driven by the playwright Python package).
+system-packages:
+	@command -v Orthanc >/dev/null && command -v storescu >/dev/null && command -v chromium >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES); }
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }

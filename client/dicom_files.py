@@ -54,6 +54,11 @@ def make_dicom(
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"
     ds.PatientName, ds.PatientID = "Demo^Anonymous", "ANON0001"
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20261122", "120000", "", "1"
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.PatientOrientation = ["L", "F"]
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

@@ -43,6 +43,17 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from client.gateway.service import GatewayConfig, parse_destination, run
+
+    parse_destination(args.destination)  # fail fast on a malformed destination
+    config = GatewayConfig(ae_title=args.ae_title, port=args.port, triton=args.triton, destination=args.destination,
+                           spool=Path(args.spool), allow_ae=tuple(args.allow_ae or ()), workers=args.workers)
+    return run(config, metrics_port=args.metrics_port, web_port=args.web_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray triage on Triton Inference Server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default="build/model_repository")
     build.add_argument("--profile", choices=("cpu", "cpu-int8", "gpu", "gpu-trt"), default="cpu")
     build.set_defaults(func=_build)
+
+    gateway = sub.add_parser("gateway", help="DICOM gateway: Storage SCP -> spool -> Triton -> SR/SEG/SC to the PACS")
+    gateway.add_argument("--ae-title", default="CXRGW")
+    gateway.add_argument("--port", type=int, default=11112)
+    gateway.add_argument("--triton", default="localhost:8001", help="Triton gRPC HOST:PORT")
+    gateway.add_argument("--destination", required=True, help="where results go: AET@HOST:PORT (the PACS)")
+    gateway.add_argument("--spool", required=True, help="durable spool directory")
+    gateway.add_argument("--allow-ae", action="append", metavar="AET", help="calling AE titles accepted (repeat)")
+    gateway.add_argument("--workers", type=int, default=2)
+    gateway.add_argument("--metrics-port", type=int, default=9108, help="Prometheus metrics (0: off)")
+    gateway.add_argument("--web-port", type=int, default=0, help="serve the upload page on this port (0: off)")
+    gateway.set_defaults(func=_gateway)
 
     # `cxr bench ARGS` hands ARGS to benchmarks.run (see main); listed here for `cxr --help`.
     sub.add_parser("bench", help="served vs raw ONNX Runtime vs a naive Flask server (cxr bench --help)")

@@ -1,0 +1,292 @@
+"""The DICOM gateway between a PACS and Triton: Storage SCP in, spool, workers, result packages out.
+
+    cxr gateway --ae-title CXRGW --port 11112 --triton localhost:8001 \\
+        --destination ORTHANC@127.0.0.1:4242 --spool /var/spool/cxr [--allow-ae ORTHANC ...]
+
+- C-ECHO and C-STORE from the allowed calling AE titles only (others are rejected at association).
+- Each instance is in the spool (fsynced) before C-STORE success is returned; a full disk answers
+  0xA700 "out of resources" instead of accepting and dropping.
+- Workers take the most urgent instance first (DICOM Priority HIGH, then MEDIUM, LOW), skip what is not a
+  CR/DX chest frontal view (with a logged reason), triage it over gRPC and C-STORE the result package
+  (SR + SEG + Secondary Capture, or an "AI result unavailable" SR) to the destination.
+- Logs name instances by a short hash of the SOP Instance UID, never patient attributes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from client.gateway.results import Triaged, package
+from client.gateway.spool import PRIORITY_NAME, Spool
+
+log = logging.getLogger("cxr.gateway")
+
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+CHEST_PARTS = {"CHEST", "THORAX", "LUNG"}
+FRONTAL_VIEWS = {"PA", "AP"}
+TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "failed to connect", "Socket closed", "Connection refused")
+
+
+def ref(uid: str) -> str:
+    """How logs name an instance: a short hash, so log lines carry no identifiers."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:12]
+
+
+def parse_destination(text: str) -> tuple[str, str, int]:
+    """``AET@HOST:PORT`` -> ``(aet, host, port)``."""
+    try:
+        aet, address = text.split("@", 1)
+        host, port = address.rsplit(":", 1)
+        return aet, host, int(port)
+    except ValueError:
+        raise ValueError(f"destination must be AET@HOST:PORT, got {text!r}") from None
+
+
+def not_triaged_reason(ds: Dataset) -> str | None:
+    """Why ``ds`` is not a CR/DX chest frontal image, or None if it is."""
+    modality = str(ds.get("Modality", "")).upper()
+    if modality not in {"CR", "DX"}:
+        return f"modality {modality or 'missing'} is not CR/DX"
+    part = str(ds.get("BodyPartExamined", "")).upper()
+    if part not in CHEST_PARTS:
+        return f"body part {part or 'missing'} is not chest"
+    view = str(ds.get("ViewPosition", "")).upper()
+    if view not in FRONTAL_VIEWS:
+        return f"view position {view or 'missing'} is not frontal (PA/AP)"
+    return None
+
+
+@dataclass
+class GatewayConfig:
+    ae_title: str
+    port: int
+    triton: str
+    destination: str
+    spool: Path
+    allow_ae: tuple[str, ...] = ()
+    workers: int = 2
+    retry_s: float = 300.0  # how long a worker waits out an unreachable Triton before reporting "unavailable"
+    host: str = "0.0.0.0"
+
+
+@dataclass
+class GatewayMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.received = Counter("cxr_gateway_received", "Instances accepted into the spool", registry=r)
+        self.duplicates = Counter("cxr_gateway_duplicates", "Resent instances acknowledged, not queued", registry=r)
+        self.processed = Counter("cxr_gateway_processed", "Instances finished", ["outcome"], registry=r)
+        self.failed = Counter("cxr_gateway_failed", "Failures (send or store), retried", ["stage"], registry=r)
+        self.spool_depth = Gauge("cxr_gateway_spool_depth", "Instances waiting or in progress", registry=r)
+        self.turnaround = Histogram("cxr_gateway_turnaround_seconds", "C-STORE received -> result stored",
+                                    ["priority"], registry=r,
+                                    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None) -> None:
+        from client.grpc_client import TriageClient
+
+        self.config = config
+        self.spool = Spool(config.spool)
+        self.metrics = metrics or GatewayMetrics()
+        self.metrics.spool_depth.set_function(self.spool.depth)
+        self.destination = parse_destination(config.destination)
+        outputs = ("label", "triage", "probabilities", "lung_fraction", "lung_mask", "cam")
+        self.client = TriageClient(config.triton, outputs=outputs)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server = None
+
+    # -- Storage SCP -------------------------------------------------------------------------
+    def _on_store(self, event) -> int | Dataset:
+        try:
+            uid = str(event.request.AffectedSOPInstanceUID)
+            data = event.encoded_dataset()
+            priority = int(getattr(event.request, "Priority", 0) or 0)
+        except Exception as exc:  # a malformed request: refuse it, keep serving
+            log.warning("C-STORE refused: cannot read the request (%s)", type(exc).__name__)
+            return CANNOT_UNDERSTAND
+        try:
+            queued = self.spool.accept(data, uid, priority)
+        except OSError as exc:
+            self.metrics.failed.labels("spool").inc()
+            log.error("C-STORE %s refused: spool write failed (%s)", ref(uid), exc.strerror or type(exc).__name__)
+            return OUT_OF_RESOURCES
+        except ValueError as exc:
+            log.warning("C-STORE refused: %s", exc)
+            return CANNOT_UNDERSTAND
+        if queued:
+            self.metrics.received.inc()
+            self._wake.set()
+            log.info("received %s (priority %s)", ref(uid), priority)
+        else:
+            self.metrics.duplicates.inc()
+            log.info("received %s again: already spooled or done, not queued twice", ref(uid))
+        return 0x0000
+
+    def start(self) -> "Gateway":
+        ae = AE(ae_title=self.config.ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
+        if self.config.allow_ae:
+            ae.require_calling_aet = list(self.config.allow_ae)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        for i in range(self.config.workers):
+            thread = threading.Thread(target=self._work, name=f"cxr-gateway-worker-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("gateway %s listening on %s:%d, %d pending in spool", self.config.ae_title, self.config.host,
+                 self.config.port, self.spool.depth())
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._server is not None:
+            self._server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self.client.close()
+
+    # -- Workers -----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            path = self.spool.claim()
+            if path is None:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                self.process(path)
+            except Exception as exc:  # keep the worker alive; the instance is retried
+                self.metrics.failed.labels("process").inc()
+                log.exception("processing %s failed (%s); will retry", ref(Spool.uid_of(path)), type(exc).__name__)
+                self.spool.release(path)
+                self._stop.wait(2.0)
+
+    def process(self, path: Path) -> dict:
+        """Triage one spooled instance and store its result package; returns the outcome record."""
+        uid = Spool.uid_of(path)
+        data = path.read_bytes()
+        ds = pydicom.dcmread(io.BytesIO(data))
+        reason = not_triaged_reason(ds)
+        if reason is not None:
+            log.info("skipped %s: %s", ref(uid), reason)
+            record = {"outcome": "skipped", "reason": reason}
+            self.spool.complete(path, record)
+            self.metrics.processed.labels("skipped").inc()
+            return record
+        result, error, request_id = self._triage(data)
+        gray = None
+        if result is not None:
+            from cxr.pixels import decode_image
+
+            gray = decode_image(data).pixels
+        objects = package(ds, gray, result, error, request_id)
+        if not self._send(objects, uid):
+            self.spool.release(path)
+            self._stop.wait(2.0)
+            return {"outcome": "retry"}
+        outcome = "result" if result is not None else "unavailable"
+        record = {"outcome": outcome, "reason": error, "request_id": request_id,
+                  "objects": [{"sop_class": str(o.SOPClassUID), "sop_instance": str(o.SOPInstanceUID)} for o in objects]}
+        if result is not None:
+            record.update(label=result.label, priority=result.triage["priority"])
+        received_ns = int(path.name.split("-", 2)[1])
+        self.metrics.turnaround.labels(PRIORITY_NAME[Spool.rank_of(path)]).observe((time.time_ns() - received_ns) / 1e9)
+        self.spool.complete(path, record)
+        self.metrics.processed.labels(outcome).inc()
+        log.info("%s %s: %s", outcome, ref(uid), record.get("priority") or error)
+        return record
+
+    def _triage(self, data: bytes) -> tuple[Triaged | None, str | None, str]:
+        """Call the ensemble, waiting out an unreachable server for up to ``retry_s``."""
+        deadline = time.monotonic() + self.config.retry_s
+        delay = 0.5
+        while True:
+            out = self.client.triage(data)
+            if out.error is None:
+                return Triaged.from_output(out), None, out.request_id
+            transient = any(t in out.error for t in TRANSIENT)
+            if not transient or time.monotonic() > deadline or self._stop.is_set():
+                return None, out.error if not transient else f"inference unavailable: {out.error}", out.request_id
+            self.metrics.failed.labels("triton").inc()
+            self._stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _send(self, objects: list[Dataset], uid: str) -> bool:
+        aet, host, port = self.destination
+        ae = AE(ae_title=self.config.ae_title)
+        for sop_class in {str(o.SOPClassUID) for o in objects}:
+            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+        assoc = ae.associate(host, port, ae_title=aet)
+        if not assoc.is_established:
+            self.metrics.failed.labels("send").inc()
+            log.warning("result for %s not sent: %s@%s:%d unreachable; will retry", ref(uid), aet, host, port)
+            return False
+        try:
+            for obj in objects:
+                status = assoc.send_c_store(obj)
+                code = getattr(status, "Status", None)
+                if code is None or (code != 0x0000 and code >> 12 != 0xB):
+                    self.metrics.failed.labels("send").inc()
+                    log.warning("result for %s refused by %s (status %s); will retry", ref(uid), aet,
+                                hex(code) if code is not None else "none")
+                    return False
+        finally:
+            assoc.release()
+        return True
+
+
+def run(config: GatewayConfig, metrics_port: int | None = None, web_port: int | None = None) -> int:
+    """Run the gateway in the foreground until SIGINT/SIGTERM.
+
+    ``metrics_port`` serves Prometheus metrics alone; ``web_port`` serves the upload page (with
+    ``/metrics`` too).
+    """
+    import signal
+
+    from prometheus_client import start_http_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for chatty in ("highdicom", "pynetdicom"):  # their INFO lines name instances and datasets
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    gateway = Gateway(config)
+    if metrics_port:
+        start_http_server(metrics_port, registry=gateway.metrics.registry)
+    if web_port:
+        from werkzeug.serving import make_server
+
+        from client.gateway.web import create_app
+
+        web = make_server(config.host, web_port, create_app(config.triton, gateway.metrics.registry), threaded=True)
+        threading.Thread(target=web.serve_forever, name="cxr-gateway-web", daemon=True).start()
+        log.info("upload page on http://%s:%d/", config.host, web_port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    gateway.start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        gateway.stop()
+    return 0

@@ -1,0 +1,130 @@
+"""The gateway's durable spool: nothing accepted is lost, nothing is processed twice.
+
+Layout under the spool directory::
+
+    incoming/<rank>-<received_ns>-<SOPInstanceUID>.dcm   accepted, waiting (rank 0 = DICOM priority HIGH)
+    processing/<same name>                               claimed by a worker
+    done/<SOPInstanceUID>.json                           the outcome record (result sent / skipped / failed)
+
+An instance is written to a temporary file, fsynced and renamed into ``incoming/`` (then the directory is
+fsynced) *before* the C-STORE success is returned. Claiming is an atomic rename, so two workers never take
+the same file; on start, whatever was left in ``processing/`` by a crash goes back to ``incoming/``.
+A resend of an instance that is already done or pending is acknowledged and not queued again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+# DICOM C-STORE Priority (0000,0700): 0 MEDIUM, 1 HIGH, 2 LOW -> processing rank (lower first).
+PRIORITY_RANK = {1: 0, 0: 1, 2: 2}
+PRIORITY_NAME = {0: "high", 1: "medium", 2: "low"}  # by rank
+_UID = re.compile(r"^[0-9.]{1,64}$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.incoming, self.processing, self.done = (self.root / d for d in ("incoming", "processing", "done"))
+        for d in (self.incoming, self.processing, self.done):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.recover()
+
+    def recover(self) -> int:
+        """Return files a crashed run left in ``processing/`` to ``incoming/``; how many."""
+        moved = 0
+        for path in self.processing.glob("*.dcm"):
+            os.replace(path, self.incoming / path.name)
+            moved += 1
+        if moved:
+            _fsync_dir(self.incoming)
+        return moved
+
+    @staticmethod
+    def uid_of(path: Path) -> str:
+        return path.stem.split("-", 2)[2]
+
+    @staticmethod
+    def rank_of(path: Path) -> int:
+        return int(path.name.split("-", 1)[0])
+
+    def known(self, sop_uid: str) -> bool:
+        """Already done, pending or being processed."""
+        if (self.done / f"{sop_uid}.json").exists():
+            return True
+        return any(self.incoming.glob(f"*-{sop_uid}.dcm")) or any(self.processing.glob(f"*-{sop_uid}.dcm"))
+
+    def accept(self, data: bytes, sop_uid: str, dicom_priority: int = 0) -> bool:
+        """Store ``data`` durably; False if the instance is already known (a resend: acknowledged, not queued).
+
+        Raises:
+            ValueError: ``sop_uid`` is not a DICOM UID (it becomes a file name).
+            OSError: the disk refused the write (the caller answers "out of resources").
+        """
+        if not _UID.match(sop_uid):
+            raise ValueError(f"invalid SOP Instance UID {sop_uid!r}")
+        rank = PRIORITY_RANK.get(dicom_priority, 1)
+        with self._lock:
+            if self.known(sop_uid):
+                return False
+            name = f"{rank}-{time.time_ns()}-{sop_uid}.dcm"
+            tmp = self.incoming / f".{name}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.incoming / name)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+            _fsync_dir(self.incoming)
+            return True
+
+    def claim(self) -> Path | None:
+        """Take the most urgent, oldest pending instance (moved to ``processing/``), or None."""
+        with self._lock:
+            for path in sorted(self.incoming.glob("[0-9]-*.dcm"), key=lambda p: p.name):
+                target = self.processing / path.name
+                try:
+                    os.replace(path, target)
+                except FileNotFoundError:
+                    continue
+                return target
+        return None
+
+    def release(self, path: Path) -> None:
+        """Give a claimed instance back (e.g. the PACS was unreachable); it will be retried."""
+        os.replace(path, self.incoming / path.name)
+
+    def complete(self, path: Path, record: dict) -> None:
+        """Record the outcome durably, then drop the instance from the queue."""
+        uid = self.uid_of(path)
+        tmp = self.done / f".{uid}.json.tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.done / f"{uid}.json")
+        _fsync_dir(self.done)
+        path.unlink(missing_ok=True)
+
+    def record(self, sop_uid: str) -> dict | None:
+        path = self.done / f"{sop_uid}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def depth(self) -> int:
+        return sum(1 for _ in self.incoming.glob("*.dcm")) + sum(1 for _ in self.processing.glob("*.dcm"))

@@ -1,0 +1,201 @@
+"""The gateway against real peers: Orthanc (PACS), dcmtk's echoscu/storescu, and the real Triton server."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import highdicom as hd
+import pydicom
+import pytest
+from pydicom.uid import EnhancedSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+
+from client.dicom_files import make_dicom
+from client.gateway.service import Gateway, GatewayConfig
+from cxr.pixels import decode_image
+from cxr.server import free_port
+from tests.gateway.pacs import Orthanc
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+GATEWAY_AET = "CXRGW"
+
+
+def _cr(row, **kwargs) -> bytes:
+    return make_dicom(decode_image(row.image.read_bytes()).pixels, **kwargs)
+
+
+def _results_by_class(orthanc: Orthanc, exclude: set[str]) -> dict[str, list[pydicom.Dataset]]:
+    out: dict[str, list] = {}
+    for instance in orthanc.instances():
+        ds = pydicom.dcmread(io.BytesIO(orthanc.file(instance)))
+        if ds.SOPInstanceUID not in exclude:
+            out.setdefault(str(ds.SOPClassUID), []).append(ds)
+    return out
+
+
+def _wait(predicate, timeout_s: float = 180.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def pacs_and_gateway(triton, tmp_path):
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, port)
+    config = GatewayConfig(GATEWAY_AET, port, triton.grpc_url, f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+                           tmp_path / "spool", allow_ae=(orthanc.aet, "STORESCU", "ECHOSCU"), host="127.0.0.1")
+    gateway = Gateway(config).start()
+    yield orthanc, gateway
+    gateway.stop()
+    orthanc.stop()
+
+
+def test_orthanc_sends_a_cr_and_gets_sr_seg_and_sc_back(pacs_and_gateway, test_rows):
+    orthanc, gateway = pacs_and_gateway
+    row = next(r for r in test_rows if r.mask is not None)
+    data = _cr(row)
+    source = pydicom.dcmread(io.BytesIO(data))
+    orthanc.send_to_gateway(orthanc.upload(data))
+    orthanc.wait_for(4)
+    results = _results_by_class(orthanc, {source.SOPInstanceUID})
+    assert sorted(results) == sorted([EnhancedSRStorage, SegmentationStorage, SecondaryCaptureImageStorage])
+    assert all(len(v) == 1 for v in results.values())
+
+    sr = results[EnhancedSRStorage][0]
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert evidence.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    texts = [i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"]
+    assert "completed" in texts and any(t in texts for t in ("urgent", "expedited", "routine"))
+
+    seg = hd.seg.Segmentation.from_dataset(results[SegmentationStorage][0])
+    assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert 0.1 < seg.pixel_array.mean() < 0.8  # lungs, not nothing and not everything
+
+    sc = results[SecondaryCaptureImageStorage][0]
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.pixel_array.shape == (source.Rows, source.Columns, 3)
+
+    record = gateway.spool.record(source.SOPInstanceUID)
+    assert record["outcome"] == "result" and len(record["objects"]) == 3
+    metric = gateway.metrics.registry.get_sample_value
+    assert metric("cxr_gateway_received_total") == 1 and metric("cxr_gateway_spool_depth") == 0
+    assert metric("cxr_gateway_processed_total", {"outcome": "result"}) == 1
+    assert metric("cxr_gateway_turnaround_seconds_count", {"priority": "medium"}) == 1
+
+    # a resend of the same instance is acknowledged and produces no second package
+    orthanc.send_to_gateway(orthanc.upload(data))
+    time.sleep(3)
+    assert len(orthanc.instances()) == 4
+    assert gateway.metrics.registry.get_sample_value("cxr_gateway_duplicates_total") == 1
+
+
+def test_non_chest_and_unreadable_studies_get_no_false_result(pacs_and_gateway, test_rows):
+    orthanc, gateway = pacs_and_gateway
+    ct = make_dicom(decode_image(test_rows[0].image.read_bytes()).pixels, modality="CT")
+    ct_uid = pydicom.dcmread(io.BytesIO(ct)).SOPInstanceUID
+    orthanc.send_to_gateway(orthanc.upload(ct))
+    _wait(lambda: gateway.spool.record(ct_uid) is not None, what="the CT to be handled")
+    assert gateway.spool.record(ct_uid)["outcome"] == "skipped" and "CT" in gateway.spool.record(ct_uid)["reason"]
+
+    # A CR whose pixels the server cannot decode: the PACS gets an "AI result unavailable" SR, not silence.
+    broken = pydicom.dcmread(io.BytesIO(_cr(test_rows[1])))
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 3]
+    buffer = io.BytesIO()
+    broken.save_as(buffer, enforce_file_format=True)
+    orthanc.send_to_gateway(orthanc.upload(buffer.getvalue()))
+    _wait(lambda: gateway.spool.record(broken.SOPInstanceUID) is not None, what="the broken CR to be handled")
+    record = gateway.spool.record(broken.SOPInstanceUID)
+    assert record["outcome"] == "unavailable" and "bad image" in record["reason"]
+    srs = _results_by_class(orthanc, {ct_uid, broken.SOPInstanceUID}).get(EnhancedSRStorage, [])
+    assert len(srs) == 1
+    assert any(i.TextValue.startswith("AI result unavailable: ") for i in srs[0].ContentSequence if i.ValueType == "TEXT")
+
+
+@pytest.mark.skipif(shutil.which("echoscu") is None, reason="dcmtk not installed")
+def test_dcmtk_echo_and_store_and_the_allow_list(pacs_and_gateway, test_rows, tmp_path):
+    _, gateway = pacs_and_gateway
+    port = str(gateway.config.port)
+    ok = subprocess.run(["echoscu", "-aet", "ECHOSCU", "-aec", GATEWAY_AET, "127.0.0.1", port], capture_output=True)
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", GATEWAY_AET, "127.0.0.1", port],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "reject" in (refused.stdout + refused.stderr).lower()
+
+    path = tmp_path / "cr.dcm"
+    path.write_bytes(_cr(test_rows[2]))
+    uid = pydicom.dcmread(path).SOPInstanceUID
+    stored = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", GATEWAY_AET, "127.0.0.1", port, str(path)],
+                            capture_output=True, text=True)
+    assert stored.returncode == 0, stored.stderr
+    _wait(lambda: gateway.spool.record(uid) is not None, what="the storescu image to be triaged")
+    assert gateway.spool.record(uid)["outcome"] == "result"
+    intruder = subprocess.run(["storescu", "-aet", "INTRUDER", "-aec", GATEWAY_AET, "127.0.0.1", port, str(path)],
+                              capture_output=True, text=True)
+    assert intruder.returncode != 0
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed")
+def test_killed_mid_batch_then_restarted_every_image_gets_exactly_one_package(triton, test_rows, tmp_path):
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, port)
+    spool = tmp_path / "spool"
+    command = [sys.executable, "-m", "cxr.cli", "gateway", "--ae-title", GATEWAY_AET, "--port", str(port),
+               "--triton", triton.grpc_url, "--destination", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+               "--spool", str(spool), "--allow-ae", "STORESCU", "--metrics-port", "0", "--workers", "1"]
+    files = tmp_path / "batch"
+    files.mkdir()
+    uids = set()
+    for i, row in enumerate(test_rows[:8]):
+        data = _cr(row)
+        uids.add(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
+        (files / f"{i}.dcm").write_bytes(data)
+    log = (tmp_path / "gateway.log").open("ab")
+    try:
+        first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_port(port)
+        stored = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", GATEWAY_AET, "127.0.0.1", str(port),
+                                 "--scan-directories", str(files)], capture_output=True, text=True)
+        assert stored.returncode == 0, stored.stderr
+        os.killpg(first.pid, signal.SIGKILL)  # mid-batch: at most one or two of the eight are done
+        first.wait()
+        done_before = len(list((spool / "done").glob("*.json")))
+        assert done_before < len(uids), "the kill came too late to test recovery"
+
+        second = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait(lambda: len(list((spool / "done").glob("*.json"))) == len(uids), timeout_s=300,
+                  what="every accepted image to be processed after the restart")
+        finally:
+            os.killpg(second.pid, signal.SIGTERM)
+            second.wait(30)
+        results = _results_by_class(orthanc, set())
+        srs = results[EnhancedSRStorage]
+        referenced = [s.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+                      .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in srs]
+        assert sorted(referenced) == sorted(uids)  # exactly one SR per accepted image
+        assert len(results[SegmentationStorage]) == len(uids) == len(results[SecondaryCaptureImageStorage])
+    finally:
+        log.close()
+    text = (tmp_path / "gateway.log").read_text()
+    assert "received" in text and "result" in text
+    for phi in ("Demo^Anonymous", "ANON0001", *uids):  # patient name and ID (see make_dicom), instance UIDs
+        assert phi not in text, "the gateway log must not carry patient identifiers"
+        orthanc.stop()
+
+
+def _wait_port(port: int, timeout_s: float = 60.0) -> None:
+    import socket
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    _wait(listening, timeout_s, f"the gateway on port {port}")
