@@ -74,8 +74,11 @@ class TriageClient:
         except InferenceServerException:
             return False
 
-    def triage(self, data: bytes, name: str = "image", request_id: str | None = None) -> TriageOutput:
-        """Triage one encoded image; server-side rejections come back as ``TriageOutput.error``."""
+    def triage(self, data: bytes, name: str = "image", request_id: str | None = None, priority: int = 0) -> TriageOutput:
+        """Triage one encoded image; server-side rejections come back as ``TriageOutput.error``.
+
+        ``priority``: 0 = the models' default, 1 = urgent (served before queued default-priority requests).
+        """
         request_id = request_id or uuid.uuid4().hex
         inp = grpcclient.InferInput(IMAGE_BYTES.name, [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[data]], dtype=object))
@@ -83,7 +86,7 @@ class TriageClient:
         start = time.perf_counter()
         try:
             result = self.client.infer(self.model, [inp], outputs=outputs, request_id=request_id,
-                                       client_timeout=self.timeout_s)
+                                       client_timeout=self.timeout_s, priority=priority)
         except InferenceServerException as exc:
             return TriageOutput(name, error=exc.message() or str(exc), request_id=request_id,
                                 latency_ms=(time.perf_counter() - start) * 1e3)

@@ -31,6 +31,9 @@ from cxr.specs import (
     TensorSpec,
 )
 
+# Request priority levels of every dynamic batcher: 1 = urgent work (DICOM Priority HIGH at the gateway),
+# 2 = everything else (the default). Lower is served first.
+PRIORITY_LEVELS, DEFAULT_PRIORITY = 2, 2
 PROFILES = ("cpu", "cpu-int8", "gpu", "gpu-trt")
 ONNX_FILES = {"cpu": "model.onnx", "cpu-int8": "model.int8.onnx"}
 PLAN_FILE = "model.plan"
@@ -64,6 +67,8 @@ def model_config(spec: ModelSpec, profile: str, threads: int = 2) -> mc.ModelCon
         dynamic_batching=mc.ModelDynamicBatching(
             preferred_batch_size=list(spec.preferred_batch_sizes),
             max_queue_delay_microseconds=spec.max_queue_delay_us,
+            priority_levels=PRIORITY_LEVELS,
+            default_priority_level=DEFAULT_PRIORITY,
         ),
     )
     if profile in ONNX_FILES:
@@ -94,7 +99,7 @@ def step_config(step: StepSpec, params: dict[str, str] | None = None) -> mc.Mode
         max_batch_size=step.max_batch_size,
         input=_tensors(mc.ModelInput, step.inputs),
         output=_tensors(mc.ModelOutput, step.outputs),
-        dynamic_batching=mc.ModelDynamicBatching(),
+        dynamic_batching=mc.ModelDynamicBatching(priority_levels=PRIORITY_LEVELS, default_priority_level=DEFAULT_PRIORITY),
         instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=step.instance_count)],
     )
     _params(config, params or {})

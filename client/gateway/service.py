@@ -194,7 +194,8 @@ class Gateway:
             self.spool.complete(path, record)
             self.metrics.processed.labels("skipped").inc()
             return record
-        result, error, request_id = self._triage(data)
+        urgent = Spool.rank_of(path) == 0  # DICOM Priority HIGH
+        result, error, request_id = self._triage(data, priority=1 if urgent else 0)
         gray = None
         if result is not None:
             from cxr.pixels import decode_image
@@ -217,12 +218,12 @@ class Gateway:
         log.info("%s %s: %s", outcome, ref(uid), record.get("priority") or error)
         return record
 
-    def _triage(self, data: bytes) -> tuple[Triaged | None, str | None, str]:
-        """Call the ensemble, waiting out an unreachable server for up to ``retry_s``."""
+    def _triage(self, data: bytes, priority: int = 0) -> tuple[Triaged | None, str | None, str]:
+        """Call the ensemble (Triton request ``priority``), waiting out an unreachable server for up to ``retry_s``."""
         deadline = time.monotonic() + self.config.retry_s
         delay = 0.5
         while True:
-            out = self.client.triage(data)
+            out = self.client.triage(data, priority=priority)
             if out.error is None:
                 return Triaged.from_output(out), None, out.request_id
             transient = any(t in out.error for t in TRANSIENT)

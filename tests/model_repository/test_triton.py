@@ -114,3 +114,14 @@ def test_served_evaluation_meets_the_segmentation_bar_and_equals_onnx(triton, re
     assert served["classification"]["accuracy"] == pytest.approx(local["classification"]["accuracy"], abs=0.011)
     assert served["classification"]["n"] == 99
     assert served["classification"]["accuracy"] >= 0.6  # measured 0.687; a regression guard, not a claim
+
+
+def test_urgent_and_default_priority_requests_both_succeed(client, xray_jpeg):
+    """Every dynamic batcher has two priority levels; the gateway sends DICOM Priority HIGH studies as 1.
+
+    (Triton treats 0 and out-of-range priorities as the default level, so there is no error case to test.)
+    """
+    urgent = client.triage(xray_jpeg, priority=1)
+    normal = client.triage(xray_jpeg, priority=0)
+    assert urgent.error is None and normal.error is None
+    assert urgent.probabilities == normal.probabilities
