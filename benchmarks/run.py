@@ -49,12 +49,16 @@ def ensure_repository(profile: str) -> str:
     return repository
 
 
-def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY, url: str | None = None) -> list[dict]:
-    """Load levels against ``cxr_triage`` (a server is started on ``repository`` unless ``url`` is given)."""
+def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY, url: str | None = None,
+                   shared_memory: str | None = None) -> list[dict]:
+    """Load levels against ``cxr_triage`` (a server is started on ``repository`` unless ``url`` is given).
+
+    ``shared_memory="system"``: the client passes images through POSIX shared memory (co-located client).
+    """
     from client.grpc_client import TriageClient
 
     def levels(grpc_url: str) -> list[dict]:
-        client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"))
+        client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"), shared_memory=shared_memory)
         send = lambda blob: client.triage(blob).error  # noqa: E731
         rows = []
         for c in concurrency:
@@ -190,9 +194,12 @@ def print_report(result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="cxr bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), nargs="+", default=list(PROFILES))
+    parser.add_argument("--shared-memory", choices=("none", "system"), default="none",
+                        help="send images to the served ensemble through system shared memory")
     parser.add_argument("--out", default="build/bench")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
+    shared_memory = None if args.shared_memory == "none" else args.shared_memory
     blobs = benchmark_images()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,12 +208,13 @@ def main(argv: list[str] | None = None) -> dict:
     for profile in args.profile:
         repository = ensure_repository(profile)
         profiles[profile] = {"repository": repository, "raw": raw_bench.measure(repository, blobs),
-                             "served": measure_served(repository, blobs)}
+                             "served": measure_served(repository, blobs, shared_memory=shared_memory)}
     baseline = measure_baseline(blobs)
     for measured in profiles.values():
         measured["summary"] = summarise(measured["raw"], measured["served"], baseline)
     headline = profiles.get("cpu", next(iter(profiles.values())))
-    result = {"images": len(blobs), **headline["summary"], "profiles": profiles, "baseline": baseline}
+    result = {"images": len(blobs), "shared_memory": args.shared_memory, **headline["summary"], "profiles": profiles,
+              "baseline": baseline}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     plot(profiles, baseline, out / "latency_throughput.png")
     if args.json:

@@ -6,6 +6,7 @@ Stock tritonclient users can do the same by hand: send the encoded file as one `
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from cxr.labels import LABELS
 from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
@@ -52,6 +53,55 @@ class TriageOutput:
         }
 
 
+class SystemSharedMemory:
+    """Request inputs through POSIX shared memory instead of the gRPC message (client on the server's host).
+
+    Each client thread gets its own region (regrown when an image is larger), registered with Triton once
+    and unregistered by :meth:`close`. Outputs still come back in the gRPC response.
+    """
+
+    def __init__(self, client: grpcclient.InferenceServerClient, min_bytes: int = 1 << 20) -> None:
+        self.client, self.min_bytes = client, min_bytes
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._regions: list[tuple[str, object]] = []
+
+    def put(self, inp: grpcclient.InferInput, data: bytes) -> None:
+        """Write ``data`` as the one BYTES element of ``inp`` into this thread's region."""
+        import tritonclient.utils.shared_memory as shm
+
+        serialized = serialize_byte_tensor(np.array([[data]], dtype=np.object_))  # 0-d object array: the bytes
+        size = len(serialized.item())
+        region = getattr(self._local, "region", None)
+        if region is None or region[2] < size:
+            if region is not None:
+                self._drop(region[0], region[1])
+            capacity = max(self.min_bytes, 1 << (size - 1).bit_length())
+            name = f"cxr-{uuid.uuid4().hex[:16]}"
+            handle = shm.create_shared_memory_region(name, f"/{name}", capacity)
+            self.client.register_system_shared_memory(name, f"/{name}", capacity)
+            with self._lock:
+                self._regions.append((name, handle))
+            region = self._local.region = (name, handle, capacity)
+        shm.set_shared_memory_region(region[1], [serialized])
+        inp.set_shared_memory(region[0], size)
+
+    def _drop(self, name: str, handle) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        try:
+            self.client.unregister_system_shared_memory(name)
+        except InferenceServerException:
+            pass  # the server is gone; the region is still ours to destroy
+        shm.destroy_shared_memory_region(handle)
+        with self._lock:
+            self._regions = [r for r in self._regions if r[0] != name]
+
+    def close(self) -> None:
+        for name, handle in list(self._regions):
+            self._drop(name, handle)
+
+
 class TriageClient:
     """Send encoded images (DICOM/PNG/JPEG bytes) to ``cxr_triage`` over gRPC.
 
@@ -60,13 +110,18 @@ class TriageClient:
         model: ensemble name.
         timeout_s: per-request client timeout.
         outputs: which ensemble outputs to fetch (add ``cam``/``lung_mask`` for maps).
+        shared_memory: ``"system"`` sends the images through POSIX shared memory (only when the client runs
+            on the server's host); ``None`` sends them in the gRPC message.
     """
 
     def __init__(self, url: str = "localhost:8001", model: str = ENSEMBLE_NAME, timeout_s: float = 60.0,
-                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> None:
+                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS, shared_memory: str | None = None) -> None:
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         self.client = grpcclient.InferenceServerClient(url=url, channel_args=options)
         self.model, self.timeout_s, self.outputs = model, timeout_s, tuple(outputs)
+        if shared_memory not in (None, "system"):
+            raise ValueError(f"shared_memory must be None or 'system', got {shared_memory!r}")
+        self.shm = SystemSharedMemory(self.client) if shared_memory == "system" else None
 
     def is_ready(self) -> bool:
         try:
@@ -81,7 +136,10 @@ class TriageClient:
         """
         request_id = request_id or uuid.uuid4().hex
         inp = grpcclient.InferInput(IMAGE_BYTES.name, [1, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[data]], dtype=object))
+        if self.shm is not None:
+            self.shm.put(inp, data)
+        else:
+            inp.set_data_from_numpy(np.array([[data]], dtype=object))
         outputs = [grpcclient.InferRequestedOutput(n) for n in self.outputs]
         start = time.perf_counter()
         try:
@@ -99,6 +157,8 @@ class TriageClient:
             yield from pool.map(lambda item: self.triage(item[1], item[0]), items)
 
     def close(self) -> None:
+        if self.shm is not None:
+            self.shm.close()
         self.client.close()
 
 

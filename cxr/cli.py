@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--web-port", type=int, default=0, help="serve the upload page on this port (0: off)")
     gateway.set_defaults(func=_gateway)
 
-    # `cxr bench ARGS` hands ARGS to benchmarks.run (see main); listed here for `cxr --help`.
+    # `cxr bench ARGS` / `cxr flops ARGS` go to benchmarks.run / benchmarks.flops (see main); listed for --help.
     sub.add_parser("bench", help="served vs raw ONNX Runtime vs a naive Flask server (cxr bench --help)")
+    sub.add_parser("flops", help="MACs/params of every model vs the papers' tables (cxr flops --json)")
     return parser
 
 
@@ -110,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.run import main as bench
 
         bench(argv[1:])
+        return 0
+    if argv[:1] == ["flops"]:
+        from benchmarks.flops import main as flops
+
+        flops(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
     if getattr(args, "manifest", "unset") is None:

@@ -125,3 +125,16 @@ def test_urgent_and_default_priority_requests_both_succeed(client, xray_jpeg):
     normal = client.triage(xray_jpeg, priority=0)
     assert urgent.error is None and normal.error is None
     assert urgent.probabilities == normal.probabilities
+
+
+def test_system_shared_memory_client_gets_the_same_answers(triton, client, test_rows):
+    blobs = [r.image.read_bytes() for r in test_rows[:4]]
+    shm_client = TriageClient(triton.grpc_url, outputs=("label", "probabilities"), shared_memory="system")
+    try:
+        answers = list(shm_client.triage_many([(str(i), b) for i, b in enumerate(blobs)], concurrency=2))
+        assert len(shm_client.client.get_system_shared_memory_status().regions) >= 1
+    finally:
+        shm_client.close()
+    assert all(a.error is None for a in answers)
+    assert [a.probabilities for a in answers] == [client.triage(b).probabilities for b in blobs]
+    assert not TriageClient(triton.grpc_url).client.get_system_shared_memory_status().regions  # cleaned up

@@ -36,9 +36,20 @@ def test_bad_masks_are_named():
         with ctx.use(torch.ones(2, 3, 8, 8)):
             pass
     layer = MaskAttention(ctx, nn.ReLU)
-    with pytest.raises(ValueError, match="cannot be pooled evenly"):
+    with pytest.raises(ValueError, match="smaller than the feature map"):
         with ctx.use(torch.ones(1, 1, 10, 10)):
-            layer(torch.ones(1, 2, 3, 3))
+            layer(torch.ones(1, 2, 16, 16))
+
+
+def test_odd_feature_sizes_pool_adaptively():
+    ctx = MaskContext()
+    mask = torch.zeros(1, 1, 10, 10)
+    mask[..., :, :5] = 1
+    with ctx.use(mask):
+        pooled = ctx.pooled((3, 3))
+    assert pooled.shape == (1, 1, 3, 3)
+    torch.testing.assert_close(pooled[0, 0, :, 0], torch.ones(3))
+    torch.testing.assert_close(pooled[0, 0, :, 2], torch.zeros(3))
 
 
 def test_mask_attention_adds_no_parameters():

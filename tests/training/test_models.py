@@ -13,6 +13,15 @@ CASES = {
     "mobilenetv2": ((2, 1, 128, 128), False, (2, 5)),
     "lung_resunet18": ((2, 1, 128, 128), False, (2, 1, 128, 128)),
     "lung_resunet34": ((1, 1, 64, 64), False, (1, 1, 64, 64)),
+    "resnet34": ((2, 1, 64, 64), False, (2, 5)),
+    "resnet34_ma": ((2, 1, 64, 64), True, (2, 5)),
+    "resnet50": ((2, 1, 64, 64), False, (2, 5)),
+    "resnet50_ma": ((2, 1, 64, 64), True, (2, 5)),
+    "vgg16": ((1, 1, 32, 32), False, (1, 5)),
+    "vgg16_ma": ((1, 1, 32, 32), True, (1, 5)),
+    "inception_v3": ((2, 1, 96, 96), False, (2, 5)),  # torchvision's InceptionV3 needs >= 75 px
+    "inception_v3_ma": ((2, 1, 96, 96), True, (2, 5)),
+    "densenet121": ((2, 1, 64, 64), False, (2, 5)),
 }
 
 
@@ -58,3 +67,32 @@ def test_resunet_rejects_sizes_not_divisible_by_stride():
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
         create_model("resnet9000")
+
+
+@pytest.mark.parametrize("name", ["resnet34", "resnet50", "vgg16", "inception_v3"])
+def test_manet_mask_attention_adds_no_parameters_and_uses_the_mask(name):
+    from training.layers import MaskedOutput
+
+    plain, masked = create_model(name), create_model(f"{name}_ma")
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in masked.parameters())
+    assert any(isinstance(m, MaskedOutput) for m in masked.modules())
+    masked.eval()
+    size = 96 if name == "inception_v3" else 64
+    x = torch.randn(1, 1, size, size)
+    left = torch.zeros(1, 1, size, size)
+    left[..., : size // 2] = 1
+    with torch.no_grad():
+        assert not torch.allclose(masked(x, torch.ones_like(left)), masked(x, left))
+    with pytest.raises(ValueError, match="pass the lung mask"):
+        masked(x)
+
+
+def test_mask_attention_points_follow_the_paper():
+    from training.models.manet import mask_points
+
+    resnet50 = create_model("resnet50").backbone
+    points = mask_points(resnet50)
+    assert points[0] == "bn1" and len(points) == 1 + 16 and all(p.endswith(".bn3") for p in points[1:])  # once per bottleneck
+    inception = mask_points(create_model("inception_v3").backbone)
+    assert "Mixed_5b.branch3x3dbl_3.bn" in inception and "Mixed_6b.branch7x7dbl_5.bn" in inception
+    assert "Mixed_5b.branch1x1.bn" not in inception  # only the largest receptive field of each module

@@ -42,11 +42,33 @@ class MaskContext:
             return None
         if size not in self._pooled:
             mh, mw = int(self._mask.shape[-2]), int(self._mask.shape[-1])
-            if mh % size[0] or mw % size[1]:
-                raise ValueError(f"mask {mh}x{mw} cannot be pooled evenly to feature map {size[0]}x{size[1]}")
-            kernel = (mh // size[0], mw // size[1])
-            self._pooled[size] = F.avg_pool2d(self._mask, kernel, kernel) if kernel != (1, 1) else self._mask
+            if mh < size[0] or mw < size[1]:
+                raise ValueError(f"mask {mh}x{mw} is smaller than the feature map {size[0]}x{size[1]}")
+            if mh % size[0] or mw % size[1]:  # odd sizes (Inception): average over each cell's footprint
+                self._pooled[size] = F.adaptive_avg_pool2d(self._mask, size)
+            else:
+                kernel = (mh // size[0], mw // size[1])
+                self._pooled[size] = F.avg_pool2d(self._mask, kernel, kernel) if kernel != (1, 1) else self._mask
         return self._pooled[size]
+
+
+class MaskedOutput(nn.Module):
+    """Wrap a layer (a BN, or a conv where the network has no BN) so its output is multiplied by the pooled mask.
+
+    For backbones whose blocks apply the activation themselves (torchvision ResNet, VGG, Inception), this is
+    the same ``act(BN(x) * avgpool(mask))``: the wrapped BN sits right before the block's activation.
+    Adds no parameters; the wrapped layer keeps its own.
+    """
+
+    def __init__(self, layer: nn.Module, context: MaskContext) -> None:
+        super().__init__()
+        self.layer = layer
+        self.context = context
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer(x)
+        mask = self.context.pooled((int(x.shape[-2]), int(x.shape[-1])))
+        return x * mask if mask is not None else x
 
 
 class MaskAttention(nn.Module):

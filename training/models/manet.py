@@ -1,0 +1,119 @@
+"""MANet's classification backbones (Xu et al., Neurocomputing 2021, Tables 2-3) with mask attention (MA).
+
+The torchvision definitions the paper's counts refer to (ResNet34/50, VGG16 with the 7x7 adaptive pool
+and FC head, InceptionV3 without the auxiliary head), plus DenseNet121 for the MD-Conv paper's table.
+MA multiplies a block's batch-normalised output by the lung mask average-pooled to that resolution,
+right before the block's activation (:class:`training.layers.MaskedOutput` around the BN):
+
+- ResNet: the stem, and once per residual block (its last BN, before the residual add and ReLU);
+- VGG16 (no BN): every convolution, before its ReLU;
+- InceptionV3: the stem convolutions, and in every Inception module the branch with the largest
+  receptive field (e.g. the double 3x3 branch of module A, the 7x7-double branch of module C).
+"""
+from __future__ import annotations
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from training.layers import MaskContext, MaskedOutput
+from training.models.registry import register_model
+
+# Inception modules: the child conv(s) that end the largest-receptive-field branch.
+_INCEPTION_LARGEST_RF = {
+    tvm.inception.InceptionA: ("branch3x3dbl_3",),
+    tvm.inception.InceptionB: ("branch3x3dbl_3",),
+    tvm.inception.InceptionC: ("branch7x7dbl_5",),
+    tvm.inception.InceptionD: ("branch7x7x3_4",),
+    tvm.inception.InceptionE: ("branch3x3dbl_3a", "branch3x3dbl_3b"),
+}
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def mask_points(model: nn.Module) -> list[str]:
+    """Names of the layers whose output MA multiplies, per the rules in the module docstring."""
+    if isinstance(model, tvm.ResNet):
+        points = ["bn1"]
+        for name, block in model.named_modules():
+            if isinstance(block, tvm.resnet.BasicBlock):
+                points.append(f"{name}.bn2")
+            elif isinstance(block, tvm.resnet.Bottleneck):
+                points.append(f"{name}.bn3")
+        return points
+    if isinstance(model, tvm.VGG):
+        return [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    if isinstance(model, tvm.Inception3):
+        points = [f"{n}.bn" for n in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")]
+        for name, module in model.named_modules():
+            for kind, branches in _INCEPTION_LARGEST_RF.items():
+                if type(module) is kind:
+                    points.extend(f"{name}.{b}.bn" for b in branches)
+        return points
+    raise TypeError(f"no mask-attention rule for {type(model).__name__}")
+
+
+class MaskedClassifier(nn.Module):
+    """A torchvision classifier over a CXR, optionally with mask attention.
+
+    ``forward(x, mask)``: image ``(B, in_chans, H, W)`` and, with MA, the lung mask ``(B, 1, H', W')``.
+    """
+
+    def __init__(self, backbone: nn.Module, mask_attention: bool) -> None:
+        super().__init__()
+        self.mask_context = MaskContext() if mask_attention else None
+        if mask_attention:
+            for name in mask_points(backbone):
+                _replace(backbone, name, MaskedOutput(backbone.get_submodule(name), self.mask_context))
+        self.backbone = backbone
+
+    @property
+    def uses_mask(self) -> bool:
+        return self.mask_context is not None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mask_context is None:
+            return self.backbone(x)
+        if mask is None:
+            raise ValueError("this model uses mask attention: pass the lung mask (B, 1, H, W)")
+        with self.mask_context.use(mask.to(x.dtype)):
+            return self.backbone(x)
+
+
+def _first_conv(model: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def _build(factory, num_classes: int, in_chans: int, mask_attention: bool, **kwargs) -> MaskedClassifier:
+    backbone = factory(weights=None, num_classes=num_classes, **kwargs)
+    if in_chans != 3:
+        name = _first_conv(backbone)
+        old = backbone.get_submodule(name)
+        _replace(backbone, name, nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                           bias=old.bias is not None))
+    return MaskedClassifier(backbone, mask_attention)
+
+
+def _register(name: str, factory, mask_attention: bool, doc: str, **kwargs) -> None:
+    def entrypoint(num_classes: int = 5, in_chans: int = 1, **overrides) -> MaskedClassifier:
+        return _build(factory, num_classes, in_chans, overrides.pop("mask_attention", mask_attention),
+                      **{**kwargs, **overrides})
+
+    entrypoint.__name__ = name
+    entrypoint.__doc__ = doc
+    register_model(entrypoint)
+
+
+_INCEPTION = {"aux_logits": False, "init_weights": True, "transform_input": False}
+for _arch, _factory, _kwargs in (
+    ("resnet34", tvm.resnet34, {}),
+    ("resnet50", tvm.resnet50, {}),
+    ("vgg16", tvm.vgg16, {}),
+    ("inception_v3", tvm.inception_v3, _INCEPTION),
+):
+    _register(_arch, _factory, False, f"torchvision {_arch} (MANet Table 3 baseline)", **_kwargs)
+    _register(f"{_arch}_ma", _factory, True, f"torchvision {_arch} with MANet mask attention", **_kwargs)
+_register("densenet121", tvm.densenet121, False, "torchvision DenseNet121 (MD-Conv paper Table 7 baseline)")
