@@ -138,6 +138,27 @@ def export_onnx(spec: ModelSpec, path: str | Path, weights: str | Path | None = 
     return parity
 
 
+def export_any(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path) -> float:
+    """Export any registered model (eval mode, dynamic batch, opset 17) and return max |ONNX Runtime - PyTorch|.
+
+    Inputs are named ``image`` (and ``lung_mask`` for mask-attention models), the output ``output``. Used by the
+    table-driven test that every registered architecture exports; served models go through :func:`export_onnx`.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    names = ["image", "lung_mask"][: len(inputs)]
+    torch.onnx.export(model, inputs, str(path), input_names=names, output_names=["output"],
+                      dynamic_axes={n: {0: "batch"} for n in [*names, "output"]}, opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (ort_out,) = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
+    with torch.no_grad():
+        torch_out = model(*inputs).numpy()
+    return float(np.abs(ort_out - torch_out).max())
+
+
 def _declare_shapes(model, spec: ModelSpec) -> None:
     """Write ``(batch, *spec dims)`` on every graph input/output (the tracer can leave odd symbolic names)."""
     tensors = {t.name: t for t in spec.inputs + spec.outputs}

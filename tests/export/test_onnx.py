@@ -11,6 +11,7 @@ from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION, MODEL_SPECS
 from export.onnx import LOGIT_ATOL, MASK_AGREEMENT, check_parity, export_onnx, serving_graph
 from training.common import save_weights
+from tests.training.test_models import CASES as MODEL_CASES
 from training.models import create_model
 
 
@@ -60,3 +61,18 @@ def test_shipped_weights_parity_on_real_images(repository, test_rows):
     cls_in = torch.from_numpy(np.stack([p[1] for p in prepared]))
     cls_parity = check_parity(serving_graph(CLASSIFIER), repository / "cxr_classifier/1/model.onnx", CLASSIFIER, (cls_in, mask))
     assert cls_parity.ok and cls_parity.max_abs_diff["logits"] <= LOGIT_ATOL, cls_parity
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MODEL_CASES))
+def test_every_registered_model_exports_with_parity(name, tmp_path):
+    """Table-driven: every architecture in the registry exports to ONNX and ONNX Runtime agrees with PyTorch."""
+    from export.onnx import export_any
+
+    shape, needs_mask, _ = MODEL_CASES[name]
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    inputs = (torch.randn(shape),) + ((torch.ones(shape[0], 1, *shape[-2:]),) if needs_mask else ())
+    with torch.no_grad():
+        scale = max(1.0, float(model(*inputs).abs().max()))
+    assert export_any(model, inputs, tmp_path / f"{name}.onnx") <= 1e-4 * scale

@@ -48,6 +48,7 @@ def test_odd_feature_sizes_pool_adaptively():
     with ctx.use(mask):
         pooled = ctx.pooled((3, 3))
     assert pooled.shape == (1, 1, 3, 3)
+    torch.testing.assert_close(pooled, torch.nn.functional.adaptive_avg_pool2d(mask, (3, 3)))
     torch.testing.assert_close(pooled[0, 0, :, 0], torch.ones(3))
     torch.testing.assert_close(pooled[0, 0, :, 2], torch.zeros(3))
 

@@ -17,11 +17,19 @@ CASES = {
     "resnet34_ma": ((2, 1, 64, 64), True, (2, 5)),
     "resnet50": ((2, 1, 64, 64), False, (2, 5)),
     "resnet50_ma": ((2, 1, 64, 64), True, (2, 5)),
-    "vgg16": ((1, 1, 32, 32), False, (1, 5)),
-    "vgg16_ma": ((1, 1, 32, 32), True, (1, 5)),
+    "vgg16": ((1, 1, 224, 224), False, (1, 5)),  # 224: the 7x7 adaptive pool is then exportable
+    "vgg16_ma": ((1, 1, 224, 224), True, (1, 5)),
     "inception_v3": ((2, 1, 96, 96), False, (2, 5)),  # torchvision's InceptionV3 needs >= 75 px
     "inception_v3_ma": ((2, 1, 96, 96), True, (2, 5)),
     "densenet121": ((2, 1, 64, 64), False, (2, 5)),
+    "seme_resnet50": ((2, 1, 64, 64), False, (2, 3)),
+    "seme_densenet169": ((2, 1, 64, 64), False, (2, 2)),
+    "dpn92": ((2, 1, 64, 64), False, (2, 5)),
+    "dpn92_se": ((2, 1, 64, 64), False, (2, 5)),
+    "dpn92_gc": ((2, 1, 64, 64), False, (2, 5)),
+    "mobilenetv2_mdconv_s2": ((2, 1, 64, 64), False, (2, 5)),
+    "mobilenetv3": ((2, 1, 64, 64), False, (2, 5)),
+    "mobilenetv3_mdconv": ((2, 1, 64, 64), False, (2, 5)),
 }
 
 
@@ -96,3 +104,53 @@ def test_mask_attention_points_follow_the_paper():
     inception = mask_points(create_model("inception_v3").backbone)
     assert "Mixed_5b.branch3x3dbl_3.bn" in inception and "Mixed_6b.branch7x7dbl_5.bn" in inception
     assert "Mixed_5b.branch1x1.bn" not in inception  # only the largest receptive field of each module
+
+
+@pytest.mark.parametrize("name,blocks", [("seme_resnet50", 16), ("seme_densenet169", 82), ("dpn92_se", 30)])
+def test_squeeze_excitation_in_every_block_with_reduction_16(name, blocks):
+    from timm.layers import SEModule
+
+    se = [m for m in create_model(name).modules() if isinstance(m, SEModule)]
+    assert len(se) == blocks  # bottlenecks 3+4+6+3; dense layers 6+12+32+32; dual-path blocks 3+4+20+3
+    assert all(abs(m.fc1.out_channels - m.fc1.in_channels / 16) <= 1 for m in se)
+
+
+def test_gcnet_blocks_in_every_dual_path_block():
+    from timm.layers import GlobalContext
+
+    assert sum(isinstance(m, GlobalContext) for m in create_model("dpn92_gc").modules()) == 30
+
+
+def test_moex_exchanges_moments_only_in_training():
+    from training.layers.moex import moex_loss
+
+    model = create_model("seme_resnet50")
+    x, perm = torch.randn(4, 1, 64, 64), torch.tensor([1, 0, 3, 2])
+    model.train()
+    torch.manual_seed(0)
+    with model.moex.exchange(perm):
+        mixed = model(x)
+    features = []
+    hook = model.moex.register_forward_hook(lambda m, i, o: features.append(o))  # returns None: output unchanged
+    with model.moex.exchange(perm):
+        model(x)
+    hook.remove()
+    out = features[0]  # after MoEx: sample 0 carries sample 1's per-position moments
+    stem = model.backbone.conv1[0](x)
+    torch.testing.assert_close(out[0].mean(0), stem[1].mean(0), rtol=1e-4, atol=1e-4)
+    model.eval()
+    with torch.no_grad(), model.moex.exchange(perm):
+        assert torch.equal(model.moex(stem), stem)
+    target = torch.tensor([0, 1, 2, 0])
+    loss = moex_loss(mixed, target, perm, lam=0.7)
+    expected = 0.7 * torch.nn.functional.cross_entropy(mixed, target) + 0.3 * torch.nn.functional.cross_entropy(mixed, target[perm])
+    torch.testing.assert_close(loss, expected)
+
+
+def test_mdconv_ablation_and_v3_place_mixed_kernels_where_documented():
+    s2 = create_model("mobilenetv2_mdconv_s2")
+    groups = {name.split(".")[2] for name, m in s2.named_modules() if isinstance(m, MixedConv2d)}
+    assert groups == {"1", "2", "3", "5"}
+    v3 = create_model("mobilenetv3_mdconv")
+    assert {name.split(".")[1] for name, m in v3.named_modules() if isinstance(m, MixedConv2d)} == {"3", "4"}
+    assert not any(isinstance(m, MixedConv2d) for m in create_model("mobilenetv3").modules())

@@ -44,12 +44,23 @@ class MaskContext:
             mh, mw = int(self._mask.shape[-2]), int(self._mask.shape[-1])
             if mh < size[0] or mw < size[1]:
                 raise ValueError(f"mask {mh}x{mw} is smaller than the feature map {size[0]}x{size[1]}")
-            if mh % size[0] or mw % size[1]:  # odd sizes (Inception): average over each cell's footprint
-                self._pooled[size] = F.adaptive_avg_pool2d(self._mask, size)
+            if mh % size[0] or mw % size[1]:  # odd sizes (Inception): adaptive average pooling
+                rows = _adaptive_pool_matrix(mh, size[0], self._mask)
+                cols = _adaptive_pool_matrix(mw, size[1], self._mask)
+                self._pooled[size] = rows @ self._mask @ cols.T
             else:
                 kernel = (mh // size[0], mw // size[1])
                 self._pooled[size] = F.avg_pool2d(self._mask, kernel, kernel) if kernel != (1, 1) else self._mask
         return self._pooled[size]
+
+
+def _adaptive_pool_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """``(n_out, n_in)`` averaging matrix with ``adaptive_avg_pool``'s bins (as a product it exports to ONNX)."""
+    matrix = torch.zeros(n_out, n_in, dtype=like.dtype, device=like.device)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 class MaskedOutput(nn.Module):

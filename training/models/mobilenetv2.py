@@ -118,3 +118,9 @@ def mobilenetv2_mdconv(**overrides) -> MaskedMobileNetV2:
 def mobilenetv2(**overrides) -> MaskedMobileNetV2:
     """Plain MobileNetV2 (MD-Conv paper's baseline)."""
     return _create(**{"mdconv_groups": (), "mask_attention": False, **overrides})
+
+
+@register_model
+def mobilenetv2_mdconv_s2(**overrides) -> MaskedMobileNetV2:
+    """MD-Conv in every block group that starts with a stride-2 block (1, 2, 3, 5): the paper's ablation."""
+    return _create(**{"mdconv_groups": (1, 2, 3, 5), "mask_attention": False, **overrides})
