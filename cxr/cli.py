@@ -54,6 +54,18 @@ def _gateway(args: argparse.Namespace) -> int:
     return run(config, metrics_port=args.metrics_port, web_port=args.web_port)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.explain import explain, write_png
+
+    result = explain(Path(args.file).read_bytes(), args.method, args.target, lime_samples=args.lime_samples)
+    path = write_png(result, args.out)
+    top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(result.probabilities.items(), key=lambda kv: -kv[1]))
+    print(f"{args.method} for {result.label} ({top}) -> {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray triage on Triton Inference Server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--web-port", type=int, default=0, help="serve the upload page on this port (0: off)")
     gateway.set_defaults(func=_gateway)
 
+    explain = sub.add_parser("explain", help="Grad-CAM or LIME overlay for one image (PNG)")
+    explain.add_argument("file", help="DICOM, PNG or JPEG")
+    explain.add_argument("--method", choices=("gradcam", "lime"), default="gradcam")
+    explain.add_argument("--out", required=True, help="overlay PNG to write")
+    explain.add_argument("--target", help="label to explain (default: the top finding)")
+    explain.add_argument("--lime-samples", type=int, default=300)
+    explain.set_defaults(func=_explain)
+
     # `cxr bench ARGS` / `cxr flops ARGS` go to benchmarks.run / benchmarks.flops (see main); listed for --help.
     sub.add_parser("bench", help="served vs raw ONNX Runtime vs a naive Flask server (cxr bench --help)")
     sub.add_parser("flops", help="MACs/params of every model vs the papers' tables (cxr flops --json)")
@@ -124,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         args.manifest = str(DEFAULT_MANIFEST)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

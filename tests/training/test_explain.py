@@ -1,0 +1,66 @@
+"""Grad-CAM and LIME explanations of the shipped classifier on a real image."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxr.labels import LABELS
+
+
+@pytest.fixture(scope="module")
+def models():
+    from training.explain import load_models
+
+    return load_models()
+
+
+@pytest.fixture(scope="module")
+def covid_jpeg(test_rows):
+    return next(r for r in test_rows if r.label == "covid").image.read_bytes()
+
+
+def test_gradcam_equals_the_served_class_activation_map(models, covid_jpeg):
+    """For a GAP + linear head Grad-CAM is ReLU(CAM - bias) up to scale: the two must agree."""
+    from cxr.pixels import decode_image
+    from cxr.preprocess import PrepareInput
+    from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
+    from training.explain import explain
+
+    result = explain(covid_jpeg, "gradcam", models=models)
+    assert result.heatmap.shape == (256, 256) and 0 <= result.heatmap.min() and result.heatmap.max() <= 1
+    assert result.overlay.shape == (256, 256, 3) and result.label == max(result.probabilities, key=result.probabilities.get)
+
+    segmenter, classifier = models
+    pixels = decode_image(covid_jpeg).pixels
+    with torch.no_grad():
+        mask = segmenter(torch.from_numpy(PrepareInput(LUNG_SEGMENTATION)(pixels)[None]))
+        features = classifier.forward_features(torch.from_numpy(PrepareInput(CLASSIFIER)(pixels)[None]), mask)
+        cam = classifier.class_activation_map(features)[0, LABELS.index(result.label)]
+        cam = cam - classifier.backbone.classifier.bias[LABELS.index(result.label)]
+        served = torch.nn.functional.interpolate(cam.relu()[None, None], size=(256, 256), mode="bilinear")[0, 0]
+    corr = np.corrcoef(served.numpy().ravel(), result.heatmap.ravel())[0, 1]
+    assert corr >= 0.95, corr
+    lungs = mask[0, 0].numpy() > 0
+    assert result.heatmap[lungs].sum() / result.heatmap.sum() >= 0.6  # mask attention keeps it on the lungs
+
+
+def test_lime_outlines_supporting_superpixels(models, covid_jpeg):
+    from training.explain import explain
+
+    result = explain(covid_jpeg, "lime", target="covid", lime_samples=64, models=models)
+    assert result.label == "covid" and result.overlay.shape == (256, 256, 3)
+    assert 0 < result.heatmap.mean() < 1  # some superpixels, not the whole image
+
+
+def test_cli_writes_the_overlay_and_names_bad_requests(tmp_path, covid_jpeg, capsys):
+    import cv2
+
+    from cxr.cli import main
+
+    image = tmp_path / "x.jpg"
+    image.write_bytes(covid_jpeg)
+    assert main(["explain", str(image), "--method", "gradcam", "--out", str(tmp_path / "o.png")]) == 0
+    assert cv2.imread(str(tmp_path / "o.png")).shape == (256, 256, 3)
+    assert main(["explain", str(image), "--target", "flu", "--out", str(tmp_path / "p.png")]) == 2
+    assert "unknown target 'flu'" in capsys.readouterr().err
