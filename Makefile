@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml | s
 APT_PACKAGES := orthanc dcmtk chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: system-packages setup demo test test-fast serve repository train train-seg train-cls evaluate bench perf-analyzer int8 lock clean
+.PHONY: system-packages setup demo test test-fast serve repository train train-seg train-cls train-cascade evaluate bench perf-analyzer int8 lock clean
 
 setup: system-packages $(STAMP)
 
@@ -56,13 +56,15 @@ int8: repository
 	$(PY) -m benchmarks.int8
 
 # Reproduce the shipped weights (about 40 + 22 + 22 minutes on 2 CPU cores).
-train: train-seg train-cls
+train: train-seg train-cls train-cascade
 train-seg: setup
 	$(PY) -m training.train_segmenter --config training/configs/lung_resunet18.yaml --ship
 	mkdir -p runs && cp weights/lung_resunet18.pt runs/lung_resunet18_stage1.pt
 	$(PY) -m training.train_segmenter --config training/configs/lung_resunet18_stage2.yaml --ship
 train-cls: setup
 	$(PY) -m training.train_classifier --config training/configs/mobilenetv2_mdconv_ma.yaml --ship
+train-cascade: setup
+	$(PY) -m training.train_cascade --config training/configs/seme_densenet169.yaml --ship
 
 lock: setup
 	{ head -2 requirements/lock.txt; $(PIP) freeze | grep -v -e pytriton -e '^-e'; } > requirements/lock.new && mv requirements/lock.new requirements/lock.txt

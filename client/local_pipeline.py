@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.cascade import stage2_input
 from cxr.lungmask import lung_fraction, postprocess_mask
 from cxr.onnx_session import cpu_session
 from cxr.preprocess import prepare_bytes
-from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION, ROUTER
-from cxr.triage import Thresholds, triage
+from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION, ROUTER
+from cxr.triage import Thresholds, needs_stage2, triage, with_stage2
 
 
 def served_onnx_file(repository: Path, role: str) -> str:
@@ -44,10 +45,11 @@ class LocalPipeline:
     def __init__(self, repository: str | Path, threads: int = 2, onnx_files: dict[str, str | Path] | None = None) -> None:
         repository = Path(repository)
         files = {spec.role: repository / spec.role / "1" / served_onnx_file(repository, spec.role)
-                 for spec in (LUNG_SEGMENTATION, CLASSIFIER)}
+                 for spec in (LUNG_SEGMENTATION, CLASSIFIER, COVID_STAGE2)}
         files.update(onnx_files or {})
         self.seg = cpu_session(files[LUNG_SEGMENTATION.role], threads)
         self.cls = cpu_session(files[CLASSIFIER.role], threads)
+        self._stage2_file, self._stage2, self._threads = files[COVID_STAGE2.role], None, threads
         self.thresholds = Thresholds.load(repository / ROUTER.role / "1" / "thresholds.json")
         self.model_versions = json.loads((repository / "build.json").read_text())["model_versions"]
 
@@ -68,15 +70,28 @@ class LocalPipeline:
         """Triage a batch of encoded images (raises :class:`cxr.pixels.ImageError` on a bad one)."""
         seg_in, cls_in = self.prepare(blobs)
         raw = self.segment(seg_in)
-        return self.route(self.classify(cls_in, raw), raw)
+        return self.route(self.classify(cls_in, raw), raw, cls_in)
 
-    def route(self, probs: np.ndarray, raw: np.ndarray) -> list[LocalResult]:
-        """Post-process the masks and apply the triage thresholds, as ``triage_router`` does."""
+    def stage2(self, images: np.ndarray) -> np.ndarray:
+        """Cascade stage 2: covid probability per lung-only image (session opened on first use)."""
+        if self._stage2 is None:
+            self._stage2 = cpu_session(self._stage2_file, self._threads)
+        probs = self._stage2.run(["stage2_probabilities"], {COVID_STAGE2.inputs[0].name: images})[0]
+        return probs[:, COVID_STAGE2.labels.index("covid")]
+
+    def route(self, probs: np.ndarray, raw: np.ndarray, cls_in: np.ndarray) -> list[LocalResult]:
+        """Post-process the masks, apply the thresholds and run the cascade where due, as ``triage_router`` does."""
+        masks = [postprocess_mask(r[0]) for r in raw]
+        fractions = [lung_fraction(m) for m in masks]
+        decided = [triage(p, f, self.thresholds) for p, f in zip(probs, fractions)]
+        due = [i for i, p in enumerate(probs) if needs_stage2(p, self.thresholds)]
+        if due:
+            covid = self.stage2(np.stack([stage2_input(cls_in[i], masks[i]) for i in due]))
+            for k, i in enumerate(due):
+                decided[i] = with_stage2(decided[i], float(covid[k]), self.thresholds, COVID_STAGE2.role)
         results = []
-        for p, r in zip(probs, raw):
-            mask = postprocess_mask(r[0])
-            fraction = lung_fraction(mask)
-            result = triage(p, fraction, self.thresholds).to_dict()
-            result["model_versions"] = self.model_versions
-            results.append(LocalResult(p, mask, fraction, result))
+        for p, mask, fraction, result in zip(probs, masks, fractions, decided):
+            payload = result.to_dict()
+            payload["model_versions"] = self.model_versions
+            results.append(LocalResult(p, mask, fraction, payload))
         return results

@@ -101,7 +101,26 @@ CLASSIFIER = ModelSpec(
     labels=LABELS,
 )
 
-MODEL_SPECS: dict[str, ModelSpec] = {s.role: s for s in (LUNG_SEGMENTATION, CLASSIFIER)}
+STAGE2_SIZE = (128, 128)
+STAGE2_LABELS = ("other_viral", "covid")
+
+COVID_STAGE2 = ModelSpec(
+    name="seme_densenet169",
+    role="covid_stage2",
+    input_size=STAGE2_SIZE,
+    inputs=(TensorSpec("stage2_image", "TYPE_FP32", (1, *STAGE2_SIZE)),),
+    outputs=(
+        TensorSpec("stage2_logits", "TYPE_FP32", (len(STAGE2_LABELS),)),
+        TensorSpec("stage2_probabilities", "TYPE_FP32", (len(STAGE2_LABELS),)),
+    ),
+    weights="seme_densenet169.pt",
+    labels=STAGE2_LABELS,
+    preferred_batch_sizes=(4, 8),
+)
+"""Cascade-SEMEnet stage 2: covid vs other viral on lung-only images; ``triage_router`` calls it (BLS) only
+when the first stage finds viral/covid likely (see :mod:`cxr.cascade`)."""
+
+MODEL_SPECS: dict[str, ModelSpec] = {s.role: s for s in (LUNG_SEGMENTATION, CLASSIFIER, COVID_STAGE2)}
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,7 @@ ROUTER = StepSpec(
         TensorSpec("class_probabilities", "TYPE_FP32", (len(LABELS),)),
         TensorSpec("class_cam", "TYPE_FP32", (len(LABELS), *CAM_SIZE)),
         TensorSpec("raw_lung_mask", "TYPE_FP32", (1, *SEG_SIZE)),
+        CLASSIFIER.inputs[0],  # cls_image: the cascade's stage 2 is built from it (cxr.cascade)
     ),
     outputs=(
         TensorSpec("label", "TYPE_STRING", (1,)),
@@ -161,7 +181,8 @@ ENSEMBLE_STEPS = (
     ),
     (
         "triage_router",
-        {"class_probabilities": "class_probabilities", "class_cam": "class_cam", "raw_lung_mask": "raw_lung_mask"},
+        {"class_probabilities": "class_probabilities", "class_cam": "class_cam", "raw_lung_mask": "raw_lung_mask",
+         "cls_image": "cls_image"},
         {t.name: t.name for t in ROUTER.outputs},
     ),
 )

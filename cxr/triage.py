@@ -6,7 +6,7 @@ site can change them as a release of its own. Pure functions: the Triton ``triag
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +24,8 @@ class Thresholds:
         urgent / expedited: label -> probability at or above which the study gets that priority.
         abnormal_expedited: ``1 - p(normal)`` at or above which the study is at least expedited.
         min_lung_fraction: below this lung coverage the image is flagged for a human (not a usable CXR?).
+        cascade: stage 2 (covid vs other viral) runs when ``p(viral) + p(covid) >= run_at``; its covid
+            probability at or above ``urgent_covid`` makes the study urgent. Absent: stage 2 never runs.
     """
 
     version: str
@@ -31,6 +33,7 @@ class Thresholds:
     expedited: dict[str, float] = field(default_factory=dict)
     abnormal_expedited: float = 1.0
     min_lung_fraction: float = 0.0
+    cascade: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Thresholds":
@@ -39,7 +42,10 @@ class Thresholds:
             raise ValueError(f"thresholds name unknown labels {sorted(unknown)}; labels are {list(LABELS)}")
         if "version" not in raw:
             raise ValueError("thresholds file has no 'version'")
-        keys = {"version", "urgent", "expedited", "abnormal_expedited", "min_lung_fraction"}
+        keys = {"version", "urgent", "expedited", "abnormal_expedited", "min_lung_fraction", "cascade"}
+        cascade = raw.get("cascade", {})
+        if cascade and not {"run_at", "urgent_covid"} <= set(cascade):
+            raise ValueError(f"thresholds 'cascade' needs 'run_at' and 'urgent_covid', got {sorted(cascade)}")
         return cls(**{k: v for k, v in raw.items() if k in keys})
 
     @classmethod
@@ -54,9 +60,40 @@ class TriageResult:
     top_probability: float
     reasons: list[str]
     thresholds_version: str
+    models_run: list[str] = field(default_factory=lambda: ["lung_segmentation", "cxr_classifier"])
+    cascade: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def needs_stage2(probabilities: Sequence[float], thresholds: Thresholds) -> bool:
+    """Whether the cascade's covid model should look at this study (viral or covid likely)."""
+    if not thresholds.cascade:
+        return False
+    probs = dict(zip(LABELS, map(float, probabilities)))
+    return probs["viral"] + probs["covid"] >= thresholds.cascade["run_at"]
+
+
+def with_stage2(result: TriageResult, covid_probability: float | None, thresholds: Thresholds,
+                model: str = "covid_stage2", error: str | None = None) -> TriageResult:
+    """``result`` after stage 2: its covid probability recorded, urgent at or above the threshold.
+
+    A failed stage 2 (``error``) keeps the stage-1 decision and says so in the reasons.
+    """
+    reasons = list(result.reasons)
+    priority = result.priority
+    if error is not None:
+        reasons.append(f"stage 2 ({model}) unavailable: {error}; stage-1 result kept")
+        return replace(result, reasons=reasons, cascade={"model": model, "error": error})
+    limit = thresholds.cascade["urgent_covid"]
+    if covid_probability >= limit:
+        reasons.append(f"stage 2 covid p={covid_probability:.2f} >= {limit:.2f} (urgent)")
+        priority = _max_priority(priority, "urgent")
+    else:
+        reasons.append(f"stage 2 covid p={covid_probability:.2f} < {limit:.2f}")
+    return replace(result, priority=priority, reasons=reasons, models_run=[*result.models_run, model],
+                   cascade={"model": model, "covid_probability": round(float(covid_probability), 4)})
 
 
 def triage(probabilities: Sequence[float], lung_fraction: float, thresholds: Thresholds) -> TriageResult:

@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cxr.specs import (
+    COVID_STAGE2,
     ENSEMBLE_INPUTS,
     ENSEMBLE_NAME,
     ENSEMBLE_OUTPUTS,
@@ -36,6 +37,7 @@ from cxr.specs import (
 PRIORITY_LEVELS, DEFAULT_PRIORITY = 2, 2
 PROFILES = ("cpu", "cpu-int8", "gpu", "gpu-trt")
 ONNX_FILES = {"cpu": "model.onnx", "cpu-int8": "model.int8.onnx"}
+INT8_ROLES = ("lung_segmentation", "cxr_classifier")  # quantized in cpu-int8; other models stay FP32
 PLAN_FILE = "model.plan"
 LABELS_FILE = "labels.txt"
 
@@ -74,7 +76,8 @@ def model_config(spec: ModelSpec, profile: str, threads: int = 2) -> mc.ModelCon
     if profile in ONNX_FILES:
         config.backend = "python"
         config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
-        _params(config, {"onnx_file": ONNX_FILES[profile], "intra_op_threads": str(threads)})
+        onnx_file = ONNX_FILES[profile] if spec.role in INT8_ROLES else ONNX_FILES["cpu"]
+        _params(config, {"onnx_file": onnx_file, "intra_op_threads": str(threads)})
     elif profile == "gpu-trt":
         config.platform = "tensorrt_plan"
         config.default_model_filename = PLAN_FILE
@@ -127,7 +130,8 @@ def repository_configs(profile: str, model_versions: dict[str, str], threads: in
     configs = {spec.role: model_config(spec, profile, threads) for spec in MODEL_SPECS.values()}
     configs[PREPROCESS.role] = step_config(PREPROCESS)
     configs[ROUTER.role] = step_config(
-        ROUTER, {"thresholds_file": "thresholds.json", "model_versions": json.dumps(model_versions, sort_keys=True)}
+        ROUTER, {"thresholds_file": "thresholds.json", "model_versions": json.dumps(model_versions, sort_keys=True),
+                 "stage2_model": COVID_STAGE2.role}
     )
     configs[ENSEMBLE_NAME] = ensemble_config()
     return configs

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION, ModelSpec
+from export.pbtxt import INT8_ROLES
 
 
 class _Reader:
@@ -31,7 +32,7 @@ def calibration_feeds(repository: Path, blobs: list[bytes], batch: int = 8) -> d
     """Per role, the feeds the served graph receives for ``blobs``."""
     from client.local_pipeline import LocalPipeline
 
-    fp32 = {spec.role: repository / spec.role / "1" / "model.onnx" for spec in (LUNG_SEGMENTATION, CLASSIFIER)}
+    fp32 = {role: repository / role / "1" / "model.onnx" for role in INT8_ROLES}
     pipeline = LocalPipeline(repository, onnx_files=fp32)
     feeds = {LUNG_SEGMENTATION.role: [], CLASSIFIER.role: []}
     for start in range(0, len(blobs), batch):

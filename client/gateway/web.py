@@ -52,6 +52,7 @@ def _result_html(name: str, out, overlay_png: str = "") -> str:
  <tr><th>finding</th><td id="finding">{out.label}</td></tr>
  <tr><th>lung fraction</th><td>{out.lung_fraction:.3f}</td></tr>
  <tr><th>thresholds</th><td>{html.escape(str(out.triage.get("thresholds_version")))}</td></tr>
+ <tr><th>models run</th><td id="models-run">{html.escape(", ".join(out.triage.get("models_run", [])))}</td></tr>
 </table>
 <ul>{reasons}</ul>
 <h3>Probabilities</h3><table id="probabilities"><tr><th>label</th><th>probability</th></tr>{rows}</table>

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cxr.labels import LABELS, label_index
-from cxr.triage import Thresholds, triage
+from cxr.triage import Thresholds, needs_stage2, triage, with_stage2
 
 REPO_THRESHOLDS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs" / "triage_thresholds.json"
 
@@ -52,3 +52,39 @@ def test_bad_thresholds_and_inputs_are_named(tmp_path):
         triage([0.5, 0.5], 0.3, Thresholds("v"))
     with pytest.raises(ValueError, match="unknown label 'pneumonia'"):
         label_index("pneumonia")
+
+
+def _cascade_thresholds(**cascade):
+    return Thresholds.from_dict({"version": "t", "urgent": {"covid": 0.9}, "cascade": {"run_at": 0.4, "urgent_covid": 0.6, **cascade}})
+
+
+def test_stage2_runs_when_viral_plus_covid_reaches_the_threshold():
+    t = _cascade_thresholds()
+    assert needs_stage2([0.5, 0.1, 0.2, 0.2, 0.0], t)  # viral + covid = 0.4
+    assert not needs_stage2([0.6, 0.1, 0.2, 0.1, 0.0], t)
+    assert not needs_stage2([0.0, 0.0, 0.5, 0.5, 0.0], Thresholds.from_dict({"version": "no cascade"}))
+
+
+def test_stage2_covid_makes_the_study_urgent_and_is_recorded():
+    t = _cascade_thresholds()
+    first = triage([0.3, 0.1, 0.3, 0.3, 0.0], 0.3, t)
+    assert first.priority != "urgent" and first.models_run == ["lung_segmentation", "cxr_classifier"]
+    after = with_stage2(first, 0.8, t)
+    assert after.priority == "urgent" and after.models_run[-1] == "covid_stage2"
+    assert after.cascade == {"model": "covid_stage2", "covid_probability": 0.8}
+    assert "stage 2 covid p=0.80 >= 0.60 (urgent)" in after.reasons
+    calm = with_stage2(first, 0.2, t)
+    assert calm.priority == first.priority and "stage 2 covid p=0.20 < 0.60" in calm.reasons
+
+
+def test_failed_stage2_keeps_stage1_and_says_so():
+    t = _cascade_thresholds()
+    first = triage([0.3, 0.1, 0.3, 0.3, 0.0], 0.3, t)
+    failed = with_stage2(first, None, t, error="model not ready")
+    assert failed.priority == first.priority and failed.models_run == first.models_run
+    assert failed.cascade["error"] == "model not ready" and "unavailable" in failed.reasons[-1]
+
+
+def test_incomplete_cascade_section_is_named():
+    with pytest.raises(ValueError, match="'cascade' needs 'run_at' and 'urgent_covid'"):
+        Thresholds.from_dict({"version": "x", "cascade": {"run_at": 0.3}})

@@ -34,10 +34,14 @@ def test_gpu_profile_uses_onnxruntime_with_tensorrt_fp16():
 
 
 def test_cpu_profiles_differ_only_in_the_onnx_file():
+    from export.pbtxt import INT8_ROLES
+
+    assert set(INT8_ROLES) < set(MODEL_SPECS)  # cascade stage 2 stays FP32
     for spec in MODEL_SPECS.values():
         fp32, int8 = model_config(spec, "cpu"), model_config(spec, "cpu-int8")
         assert fp32.parameters["onnx_file"].string_value == "model.onnx"
-        assert int8.parameters["onnx_file"].string_value == "model.int8.onnx"
+        expected = "model.int8.onnx" if spec.role in INT8_ROLES else "model.onnx"
+        assert int8.parameters["onnx_file"].string_value == expected
         int8.parameters["onnx_file"].string_value = "model.onnx"
         assert int8 == fp32
 

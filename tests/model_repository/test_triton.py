@@ -14,6 +14,7 @@ from client.dicom_files import make_dicom
 from client.grpc_client import TriageClient
 from client.local_pipeline import LocalPipeline
 from cxr.labels import LABELS
+from cxr.specs import MODEL_SPECS
 from tests.images import png_bytes
 
 pytestmark = pytest.mark.triton
@@ -34,7 +35,8 @@ def test_real_test_images_match_the_onnx_pipeline(client, repository, test_rows)
     for s, l in zip(served, local):
         assert s.error is None, s.error
         assert s.label in LABELS and s.triage["priority"] in ("urgent", "expedited", "routine")
-        assert s.triage["thresholds_version"] and set(s.triage["model_versions"]) == {"lung_segmentation", "cxr_classifier"}
+        assert s.triage["thresholds_version"] and set(s.triage["model_versions"]) == set(MODEL_SPECS)
+        assert s.triage["models_run"] == l.triage["models_run"] and s.triage["priority"] == l.triage["priority"]
         np.testing.assert_allclose(s.arrays["probabilities"][0], l.probabilities, atol=1e-4)
         assert abs(sum(s.probabilities.values()) - 1) < 1e-3
         assert s.arrays["lung_mask"].shape == (1, 1, 256, 256) and s.arrays["cam"].shape == (1, 5, 8, 8)
@@ -138,3 +140,28 @@ def test_system_shared_memory_client_gets_the_same_answers(triton, client, test_
     assert all(a.error is None for a in answers)
     assert [a.probabilities for a in answers] == [client.triage(b).probabilities for b in blobs]
     assert not TriageClient(triton.grpc_url).client.get_system_shared_memory_status().regions  # cleaned up
+
+
+def test_cascade_stage2_runs_only_when_viral_or_covid_is_likely(triton, client, repository, test_rows):
+    """The router calls covid_stage2 (BLS) for studies over the run_at threshold and skips the others."""
+    from cxr.triage import Thresholds
+
+    thresholds = Thresholds.load(repository / "triage_router" / "1" / "thresholds.json")
+    stats = lambda: int(grpcclient.InferenceServerClient(triton.grpc_url).get_inference_statistics(  # noqa: E731
+        "covid_stage2", as_json=True)["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+    outcomes = []
+    for row in test_rows[:30]:
+        before = stats()
+        out = client.triage(row.image.read_bytes())
+        p = out.probabilities
+        due = p["viral"] + p["covid"] >= thresholds.cascade["run_at"]
+        ran = "covid_stage2" in out.triage["models_run"]
+        assert ran == due, (row.image.name, p, out.triage)
+        assert stats() - before == int(ran)  # the stage-2 model executed exactly when the branch was taken
+        if ran:
+            assert 0 <= out.triage["cascade"]["covid_probability"] <= 1
+            assert any(r.startswith("stage 2 covid p=") for r in out.triage["reasons"])
+        else:
+            assert out.triage["cascade"] is None
+        outcomes.append(ran)
+    assert any(outcomes) and not all(outcomes), "the sample should contain both branches"

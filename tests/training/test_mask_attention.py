@@ -49,6 +49,10 @@ def test_odd_feature_sizes_pool_adaptively():
         pooled = ctx.pooled((3, 3))
     assert pooled.shape == (1, 1, 3, 3)
     torch.testing.assert_close(pooled, torch.nn.functional.adaptive_avg_pool2d(mask, (3, 3)))
+    from training.layers.mask_attention import _adaptive_pool_matrix  # the ONNX-export form gives the same
+
+    rows, cols = _adaptive_pool_matrix(10, 3, mask), _adaptive_pool_matrix(10, 3, mask)
+    torch.testing.assert_close(rows @ mask @ cols.T, pooled)
     torch.testing.assert_close(pooled[0, 0, :, 0], torch.ones(3))
     torch.testing.assert_close(pooled[0, 0, :, 2], torch.zeros(3))
 

@@ -24,3 +24,12 @@ def test_classifier_smoke(data_dir):
     assert report["n"] == 24 and len(report["confusion_matrix"]) == 5
     assert {"accuracy", "macro_f1", "per_class"} <= set(report)
     json.dumps(metrics)  # serialisable as written to metrics.json
+
+
+def test_cascade_stage2_smoke(data_dir):
+    from training.train_cascade import main
+
+    metrics = main(["--manifest", str(data_dir / "manifest.csv"), "--epochs", "1", "--limit", "16"])
+    report = metrics["test"]
+    assert report["labels"] == ["other_viral", "covid"] and report["n"] == 16
+    assert len(metrics["history"]) == 1 and metrics["history"][0]["train_loss"] > 0

@@ -45,13 +45,21 @@ class MaskContext:
             if mh < size[0] or mw < size[1]:
                 raise ValueError(f"mask {mh}x{mw} is smaller than the feature map {size[0]}x{size[1]}")
             if mh % size[0] or mw % size[1]:  # odd sizes (Inception): adaptive average pooling
-                rows = _adaptive_pool_matrix(mh, size[0], self._mask)
-                cols = _adaptive_pool_matrix(mw, size[1], self._mask)
-                self._pooled[size] = rows @ self._mask @ cols.T
+                self._pooled[size] = adaptive_pool(self._mask, size)
             else:
                 kernel = (mh // size[0], mw // size[1])
                 self._pooled[size] = F.avg_pool2d(self._mask, kernel, kernel) if kernel != (1, 1) else self._mask
         return self._pooled[size]
+
+
+def adaptive_pool(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``adaptive_avg_pool2d``; while exporting to ONNX (whose exporter refuses non-divisible sizes) the same
+    average as two products with constant bin matrices."""
+    if not torch.onnx.is_in_onnx_export():
+        return F.adaptive_avg_pool2d(mask, size)
+    rows = _adaptive_pool_matrix(mask.shape[-2], size[0], mask)
+    cols = _adaptive_pool_matrix(mask.shape[-1], size[1], mask)
+    return rows @ mask @ cols.T
 
 
 def _adaptive_pool_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:

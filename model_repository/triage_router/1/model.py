@@ -1,10 +1,13 @@
-"""Triton python model ``triage_router``: probabilities + raw lung mask -> triage result.
+"""Triton python model ``triage_router``: probabilities + raw lung mask -> triage result, with the cascade.
 
 It is the ensemble's last step and also passes the classifier's probabilities and CAM through, so every
 ensemble output comes from here (see :data:`cxr.specs.ROUTER`).
 
 Cleans the lung mask (MANet post-processing), computes lung coverage and applies the site thresholds
-(``thresholds.json`` beside this file, a versioned release) with :func:`cxr.triage.triage`.
+(``thresholds.json`` beside this file, a versioned release) with :func:`cxr.triage.triage`. When the first
+stage finds viral/covid likely (:func:`cxr.triage.needs_stage2`), it calls the Cascade-SEMEnet stage-2 model
+``covid_stage2`` with BLS on the lung-only image (:func:`cxr.cascade.stage2_input`), one call for all such
+studies of the batch; other studies do not pay for it. The result records which models ran.
 """
 import json
 import os
@@ -12,9 +15,10 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from cxr.cascade import stage2_input
 from cxr.lungmask import lung_fraction, postprocess_mask
-from cxr.specs import ROUTER
-from cxr.triage import Thresholds, triage
+from cxr.specs import COVID_STAGE2, ROUTER
+from cxr.triage import Thresholds, needs_stage2, triage, with_stage2
 
 
 class TritonPythonModel:
@@ -24,36 +28,54 @@ class TritonPythonModel:
         model_dir = os.path.join(args["model_repository"], args["model_version"])
         self.thresholds = Thresholds.load(os.path.join(model_dir, params.get("thresholds_file", "thresholds.json")))
         self.model_versions = json.loads(params.get("model_versions", "{}"))
-        self.probs_name, self.cam_name, self.mask_name = (t.name for t in ROUTER.inputs)
+        self.stage2_model = params.get("stage2_model", COVID_STAGE2.role)
+        self.input_names = [t.name for t in ROUTER.inputs]
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                probs = pb_utils.get_input_tensor_by_name(request, self.probs_name).as_numpy()
-                cam = pb_utils.get_input_tensor_by_name(request, self.cam_name).as_numpy()
-                raw = pb_utils.get_input_tensor_by_name(request, self.mask_name).as_numpy()
-                responses.append(pb_utils.InferenceResponse(self._route(probs, cam, raw)))
+                probs, cam, raw, cls_image = (pb_utils.get_input_tensor_by_name(request, n).as_numpy()
+                                              for n in self.input_names)
+                responses.append(pb_utils.InferenceResponse(self._route(probs, cam, raw, cls_image)))
             except Exception as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"triage failed: {exc!r}")))
         return responses
 
-    def _route(self, probs, cam, raw_masks):
-        labels, results, fractions, masks = [], [], [], []
-        for p, raw in zip(probs, raw_masks):
-            mask = postprocess_mask(raw[0])
-            fraction = lung_fraction(mask)
-            result = triage(p, fraction, self.thresholds).to_dict()
-            result["model_versions"] = self.model_versions
-            labels.append(result["top_finding"].encode())
-            results.append(json.dumps(result).encode())
-            fractions.append(fraction)
-            masks.append(mask[None])
+    def _route(self, probs, cam, raw_masks, cls_images):
+        masks = [postprocess_mask(raw[0]) for raw in raw_masks]
+        fractions = [lung_fraction(m) for m in masks]
+        results = [triage(p, f, self.thresholds) for p, f in zip(probs, fractions)]
+        cascade = [i for i, p in enumerate(probs) if needs_stage2(p, self.thresholds)]
+        if cascade:
+            covid, error = self._stage2(np.stack([stage2_input(cls_images[i], masks[i]) for i in cascade]))
+            for k, i in enumerate(cascade):
+                results[i] = with_stage2(results[i], None if covid is None else float(covid[k]), self.thresholds,
+                                         self.stage2_model, error)
+        labels, payloads = [], []
+        for result in results:
+            payload = result.to_dict()
+            payload["model_versions"] = self.model_versions
+            labels.append(result.top_finding.encode())
+            payloads.append(json.dumps(payload).encode())
         return [
             pb_utils.Tensor("label", np.array(labels, dtype=object).reshape(-1, 1)),
-            pb_utils.Tensor("triage", np.array(results, dtype=object).reshape(-1, 1)),
+            pb_utils.Tensor("triage", np.array(payloads, dtype=object).reshape(-1, 1)),
             pb_utils.Tensor("lung_fraction", np.array(fractions, dtype=np.float32).reshape(-1, 1)),
-            pb_utils.Tensor("lung_mask", np.stack(masks).astype(np.uint8)),
+            pb_utils.Tensor("lung_mask", np.stack([m[None] for m in masks]).astype(np.uint8)),
             pb_utils.Tensor("probabilities", probs),
             pb_utils.Tensor("cam", cam),
         ]
+
+    def _stage2(self, images):
+        """Covid probabilities from the stage-2 model (BLS), or ``(None, error)``."""
+        request = pb_utils.InferenceRequest(
+            model_name=self.stage2_model,
+            requested_output_names=["stage2_probabilities"],
+            inputs=[pb_utils.Tensor(COVID_STAGE2.inputs[0].name, images.astype(np.float32))],
+        )
+        response = request.exec()
+        if response.has_error():
+            return None, response.error().message()
+        probs = pb_utils.get_output_tensor_by_name(response, "stage2_probabilities").as_numpy()
+        return probs[:, COVID_STAGE2.labels.index("covid")], None
