@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `cxr bench ARGS` / `cxr flops ARGS` go to benchmarks.run / benchmarks.flops (see main); listed for --help.
     sub.add_parser("bench", help="served vs raw ONNX Runtime vs a naive Flask server (cxr bench --help)")
     sub.add_parser("flops", help="MACs/params of every model vs the papers' tables (cxr flops --json)")
+    sub.add_parser("report", help="train/evaluate the papers' classifiers, write a Markdown table (cxr report --help)")
     return parser
 
 
@@ -136,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.flops import main as flops
 
         flops(argv[1:])
+        return 0
+    if argv[:1] == ["report"]:
+        from training.report import main as report
+
+        report(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
     if getattr(args, "manifest", "unset") is None:

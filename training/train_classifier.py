@@ -7,6 +7,8 @@ segmenter's raw thresholded mask. Writes ``runs/cls-*/`` (metrics.json, curves, 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -35,14 +37,22 @@ def predict(model: torch.nn.Module, dataset: ClassificationDataset, batch_size: 
     model.eval()
     probs = []
     for image, mask, _ in DataLoader(dataset, batch_size=batch_size):
-        probs.append(torch.softmax(model(image, mask), dim=1).numpy())
+        probs.append(torch.softmax(forward(model, image, mask), dim=1).numpy())
     return np.concatenate(probs)
+
+
+def forward(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits; the lung mask goes only to models with mask attention."""
+    return model(image, mask) if getattr(model, "uses_mask", False) else model(image)
 
 
 def main(argv: list[str] | None = None) -> dict:
     run = start_run("cls", __doc__, "training/configs/mobilenetv2_mdconv_ma.yaml", argv)
     args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
-    spec = CLASSIFIER
+    # Other registered classifiers (``cxr report``) train with the same recipe, optionally at another size.
+    size = cfg.get("input_size")
+    spec = replace(CLASSIFIER, name=cfg["model"], input_size=(size, size)) if size else CLASSIFIER
+    weights_name = spec.weights if cfg["model"] == CLASSIFIER.name else f"{cfg['model']}.pt"
 
     segmenter = create_model(cfg["segmenter"])
     load_weights(segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
@@ -62,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.train()
         losses = []
         for image, mask, target in tqdm(loader, desc=f"cls epoch {epoch}/{epochs}"):
-            loss = criterion(model(image, mask), target)
+            loss = criterion(forward(model, image, mask), target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -73,18 +83,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(history[-1], flush=True)
         if val["macro_f1"] > best:
             best = val["macro_f1"]
-            save_weights(model, out / spec.weights, {"model": cfg["model"], "epoch": epoch, "val_macro_f1": best, "config": cfg})
+            save_weights(model, out / weights_name, {"model": cfg["model"], "epoch": epoch, "val_macro_f1": best, "config": cfg})
         plot_curves(history, ["train_loss", "val_accuracy", "val_macro_f1"], out / "curves.png", f"{cfg['model']} training")
 
-    load_weights(model, out / spec.weights)
-    metrics = {"model": cfg["model"], "config": cfg, "epochs": epochs, "history": history}
+    load_weights(model, out / weights_name)
+    metrics = {"model": cfg["model"], "config": cfg, "epochs": epochs, "history": history, "run_dir": str(out)}
     for split in ("val", "test"):
         probs = predict(model, splits[split])
         metrics[split] = classification_report(splits[split].targets, probs, LABELS)
         plot_confusion(metrics[split]["confusion_matrix"], list(LABELS), out / f"confusion_{split}.png", f"{cfg['model']} ({split})")
         plot_roc(np.asarray(splits[split].targets), probs, list(LABELS), out / f"roc_{split}.png", f"{cfg['model']} ({split})")
     print("test accuracy", metrics["test"]["accuracy"], "macro-F1", metrics["test"]["macro_f1"], "->", out, flush=True)
-    return run.finish(metrics, spec.weights)
+    return run.finish(metrics, weights_name)
 
 
 if __name__ == "__main__":

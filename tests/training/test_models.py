@@ -22,6 +22,8 @@ CASES = {
     "inception_v3": ((2, 1, 96, 96), False, (2, 5)),  # torchvision's InceptionV3 needs >= 75 px
     "inception_v3_ma": ((2, 1, 96, 96), True, (2, 5)),
     "densenet121": ((2, 1, 64, 64), False, (2, 5)),
+    "resnet34_cbam": ((2, 1, 64, 64), False, (2, 5)),
+    "resnet50_cbam": ((2, 1, 64, 64), False, (2, 5)),
     "seme_resnet50": ((2, 1, 64, 64), False, (2, 3)),
     "seme_densenet169": ((2, 1, 64, 64), False, (2, 2)),
     "dpn92": ((2, 1, 64, 64), False, (2, 5)),
@@ -154,3 +156,13 @@ def test_mdconv_ablation_and_v3_place_mixed_kernels_where_documented():
     v3 = create_model("mobilenetv3_mdconv")
     assert {name.split(".")[1] for name, m in v3.named_modules() if isinstance(m, MixedConv2d)} == {"3", "4"}
     assert not any(isinstance(m, MixedConv2d) for m in create_model("mobilenetv3").modules())
+
+
+def test_cbam_sits_where_mask_attention_does_and_adds_parameters():
+    from timm.layers.cbam import CbamModule
+
+    from training.models.manet import mask_points
+
+    cbam, plain = create_model("resnet50_cbam"), create_model("resnet50")
+    assert sum(isinstance(m, CbamModule) for m in cbam.modules()) == len(mask_points(plain.backbone)) == 17
+    assert sum(p.numel() for p in cbam.parameters()) > sum(p.numel() for p in plain.parameters())

@@ -33,3 +33,15 @@ def test_cascade_stage2_smoke(data_dir):
     report = metrics["test"]
     assert report["labels"] == ["other_viral", "covid"] and report["n"] == 16
     assert len(metrics["history"]) == 1 and metrics["history"][0]["train_loss"] > 0
+
+
+def test_report_trains_then_loads_and_writes_the_table(data_dir, tmp_path):
+    from training.report import main
+
+    argv = ["--models", "mobilenetv2", "--size", "64", "--epochs", "1", "--limit", "24",
+            "--manifest", str(data_dir / "manifest.csv"), "--out", str(tmp_path)]
+    rows = main(argv)
+    assert rows[0]["model"] == "mobilenetv2" and rows[0]["test"]["n"] == 24 and rows[0]["params_m"] > 2
+    table = (tmp_path / "report.md").read_text()
+    assert "| mobilenetv2 | 64 | 1 |" in table and (tmp_path / "mobilenetv2_roc_test.png").exists()
+    assert main(argv) == rows  # the second call loads, it does not retrain

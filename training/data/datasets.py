@@ -75,7 +75,9 @@ class ClassificationDataset(Dataset):
             raise ValueError(f"{len(records)} records but {len(lung_masks)} lung masks")
         self.records = list(records)
         self.cache = CachedImages(self.records, spec, desc="decode cls")
-        self.masks = list(lung_masks)
+        size = spec.input_size  # masks come at the segmenter's size; other input sizes get them resized
+        self.masks = [m if m.shape == size else cv2.resize(m, size[::-1], interpolation=cv2.INTER_NEAREST)
+                      for m in lung_masks]
         self.targets = [label_index(r.label) for r in self.records]
         self.geometric = geometric_augment(p=0.8) if augment else None
         self.intensity = intensity_augment() if augment else None

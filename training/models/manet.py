@@ -9,11 +9,14 @@ right before the block's activation (:class:`training.layers.MaskedOutput` aroun
 - VGG16 (no BN): every convolution, before its ReLU;
 - InceptionV3: the stem convolutions, and in every Inception module the branch with the largest
   receptive field (e.g. the double 3x3 branch of module A, the 7x7-double branch of module C).
+
+``resnet34_cbam`` / ``resnet50_cbam`` put timm's CBAM at the same points instead: the paper's comparison.
 """
 from __future__ import annotations
 
 import torch
 import torchvision.models as tvm
+from timm.layers.cbam import CbamModule
 from torch import nn
 
 from training.layers import MaskContext, MaskedOutput
@@ -56,6 +59,15 @@ def mask_points(model: nn.Module) -> list[str]:
     raise TypeError(f"no mask-attention rule for {type(model).__name__}")
 
 
+def add_cbam(backbone: nn.Module) -> nn.Module:
+    """CBAM (timm ``CbamModule``) at the same points as MA: the comparison of MANet's Table 2 (adds parameters)."""
+    for name in mask_points(backbone):
+        layer = backbone.get_submodule(name)
+        channels = layer.num_features if isinstance(layer, nn.BatchNorm2d) else layer.out_channels
+        _replace(backbone, name, nn.Sequential(layer, CbamModule(channels)))
+    return backbone
+
+
 class MaskedClassifier(nn.Module):
     """A torchvision classifier over a CXR, optionally with mask attention.
 
@@ -87,8 +99,11 @@ def _first_conv(model: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
 
 
-def _build(factory, num_classes: int, in_chans: int, mask_attention: bool, **kwargs) -> MaskedClassifier:
+def _build(factory, num_classes: int, in_chans: int, mask_attention: bool, cbam: bool = False,
+           **kwargs) -> MaskedClassifier:
     backbone = factory(weights=None, num_classes=num_classes, **kwargs)
+    if cbam:
+        add_cbam(backbone)
     if in_chans != 3:
         name = _first_conv(backbone)
         old = backbone.get_submodule(name)
@@ -97,9 +112,9 @@ def _build(factory, num_classes: int, in_chans: int, mask_attention: bool, **kwa
     return MaskedClassifier(backbone, mask_attention)
 
 
-def _register(name: str, factory, mask_attention: bool, doc: str, **kwargs) -> None:
+def _register(name: str, factory, mask_attention: bool, doc: str, cbam: bool = False, **kwargs) -> None:
     def entrypoint(num_classes: int = 5, in_chans: int = 1, **overrides) -> MaskedClassifier:
-        return _build(factory, num_classes, in_chans, overrides.pop("mask_attention", mask_attention),
+        return _build(factory, num_classes, in_chans, overrides.pop("mask_attention", mask_attention), cbam,
                       **{**kwargs, **overrides})
 
     entrypoint.__name__ = name
@@ -117,3 +132,6 @@ for _arch, _factory, _kwargs in (
     _register(_arch, _factory, False, f"torchvision {_arch} (MANet Table 3 baseline)", **_kwargs)
     _register(f"{_arch}_ma", _factory, True, f"torchvision {_arch} with MANet mask attention", **_kwargs)
 _register("densenet121", tvm.densenet121, False, "torchvision DenseNet121 (MD-Conv paper Table 7 baseline)")
+for _arch, _factory in (("resnet34", tvm.resnet34), ("resnet50", tvm.resnet50)):
+    _register(f"{_arch}_cbam", _factory, False, f"torchvision {_arch} with CBAM at the MA points (MANet Table 2)",
+              cbam=True)

@@ -1,0 +1,92 @@
+"""``cxr report``: train (or load) the papers' classifiers with one recipe and write a table like theirs.
+
+    python -m training.report [--models resnet34 resnet34_ma ...] [--size 128] [--epochs 4] [--out docs/report]
+
+Each model is trained by :mod:`training.train_classifier` (the served classifier's recipe, same data, same
+segmenter masks) at ``--size`` px for ``--epochs`` epochs, from scratch, on this CPU: far below the papers'
+resolution, epochs and ImageNet initialisation, so the numbers rank architectures under one small budget and
+say nothing about what the papers' full recipes reach (their configs are ``training/configs``). A model whose
+``<out>/<model>.json`` exists is loaded, not retrained. Writes ``report.md``, ``report.json`` and each model's
+confusion matrix and ROC plot under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from cxr.labels import LABELS
+from training.common import REPO
+
+DEFAULT_MODELS = ("mobilenetv2_mdconv", "mobilenetv2_mdconv_ma", "mobilenetv3_mdconv", "resnet34", "resnet34_ma",
+                  "resnet34_cbam", "resnet50_ma", "inception_v3_ma", "densenet121", "dpn92_se", "dpn92_gc")
+BASE_CONFIG = REPO / "training" / "configs" / "mobilenetv2_mdconv_ma.yaml"
+
+
+def train_one(model: str, size: int, epochs: int, manifest: str | None, out: Path, limit: int | None = None) -> dict:
+    from benchmarks.flops import count
+    from training.train_classifier import main as train
+
+    config = {**yaml.safe_load(BASE_CONFIG.read_text()), "model": model, "epochs": epochs, "input_size": size}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(config, f)
+    argv = ["--config", f.name] + (["--manifest", manifest] if manifest else []) + (["--limit", str(limit)] if limit else [])
+    metrics = train(argv)
+    Path(f.name).unlink()
+    run_dir = Path(metrics["run_dir"])
+    cost = count(model, size, in_chans=1, num_classes=len(LABELS))
+    row = {"model": model, "input_size": size, "epochs": epochs, "params_m": cost["params_m"],
+           "mmacs": cost["gmacs"] * 1e3 + cost["ma_mmacs_per_position"], "test": metrics["test"], "val": metrics["val"]}
+    (out / f"{model}.json").write_text(json.dumps(row, indent=2))
+    for plot in ("confusion_test.png", "roc_test.png"):
+        shutil.copy(run_dir / plot, out / f"{model}_{plot}")
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    present = [k for k in LABELS if any(r["test"]["per_class"][k]["support"] for r in rows)]
+    head = ["model", "input", "epochs", "params M", "M MACs", "accuracy", "macro-F1"]
+    head += [f"F1 {k}" for k in present] + [f"AUC {k}" for k in present]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        t = r["test"]
+        cells = [r["model"], str(r["input_size"]), str(r["epochs"]), f"{r['params_m']:.2f}", f"{r['mmacs']:,.0f}",
+                 f"{t['accuracy']:.3f}", f"{t['macro_f1']:.3f}"]
+        cells += [f"{t['per_class'][k]['f1']:.3f}" for k in present]
+        cells += [f"{t['per_class'][k]['auc']:.3f}" if t["per_class"][k]["auc"] is not None else "-" for k in present]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="cxr report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--manifest")
+    parser.add_argument("--limit", type=int, help="images per split (smoke runs)")
+    parser.add_argument("--out", default="docs/report")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in args.models:
+        cached = out / f"{model}.json"
+        rows.append(json.loads(cached.read_text()) if cached.exists()
+                    else train_one(model, args.size, args.epochs, args.manifest, out, args.limit))
+    text = (f"Test split ({rows[0]['test']['n']} images), trained here from scratch at {args.size} px for "
+            f"{args.epochs} epochs each with one recipe (`python -m training.report`); MACs at that size, "
+            "1-channel input. Not the papers' recipes: compare rows with each other, not with the papers.\n\n")
+    (out / "report.md").write_text(text + markdown(rows))
+    (out / "report.json").write_text(json.dumps(rows, indent=2))
+    print(text + markdown(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
