@@ -23,7 +23,8 @@ from cxr.labels import LABELS
 from training.common import REPO
 
 DEFAULT_MODELS = ("mobilenetv2_mdconv", "mobilenetv2_mdconv_ma", "mobilenetv3_mdconv", "resnet34", "resnet34_ma",
-                  "resnet34_cbam", "resnet50_ma", "inception_v3_ma", "densenet121", "dpn92_se", "dpn92_gc")
+                  "resnet34_cbam", "resnet50_ma", "inception_v3_ma", "seme_resnet50", "dpn92_se", "dpn92_gc")
+MOEX = {"moex_p": 0.5, "moex_lambda": 0.9}  # for the models that have a MoEx layer (SEME)
 BASE_CONFIG = REPO / "training" / "configs" / "mobilenetv2_mdconv_ma.yaml"
 
 
@@ -31,7 +32,7 @@ def train_one(model: str, size: int, epochs: int, manifest: str | None, out: Pat
     from benchmarks.flops import count
     from training.train_classifier import main as train
 
-    config = {**yaml.safe_load(BASE_CONFIG.read_text()), "model": model, "epochs": epochs, "input_size": size}
+    config = {**yaml.safe_load(BASE_CONFIG.read_text()), **MOEX, "model": model, "epochs": epochs, "input_size": size}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(config, f)
     argv = ["--config", f.name] + (["--manifest", manifest] if manifest else []) + (["--limit", str(limit)] if limit else [])

@@ -19,6 +19,7 @@ from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
 from training.common import WEIGHTS_DIR, load_weights, plot_curves, save_weights, start_run
 from training.data.datasets import CachedImages, ClassificationDataset
 from training.data.manifest import Record, read_manifest
+from training.layers.moex import moex_loss
 from training.metrics import classification_report
 from training.models import create_model
 from training.plots import plot_confusion, plot_roc
@@ -72,7 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
         model.train()
         losses = []
         for image, mask, target in tqdm(loader, desc=f"cls epoch {epoch}/{epochs}"):
-            loss = criterion(forward(model, image, mask), target)
+            if hasattr(model, "moex") and torch.rand(1, generator=generator).item() < cfg.get("moex_p", 0.0):
+                perm = torch.randperm(len(image), generator=generator)  # MoEx (SEME models)
+                with model.moex.exchange(perm):
+                    loss = moex_loss(forward(model, image, mask), target, perm, cfg["moex_lambda"])
+            else:
+                loss = criterion(forward(model, image, mask), target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

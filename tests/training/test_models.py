@@ -32,6 +32,7 @@ CASES = {
     "mobilenetv2_mdconv_s2": ((2, 1, 64, 64), False, (2, 5)),
     "mobilenetv3": ((2, 1, 64, 64), False, (2, 5)),
     "mobilenetv3_mdconv": ((2, 1, 64, 64), False, (2, 5)),
+    "mobilenetv3_mdconv_s2": ((2, 1, 64, 64), False, (2, 5)),
 }
 
 
@@ -156,6 +157,8 @@ def test_mdconv_ablation_and_v3_place_mixed_kernels_where_documented():
     v3 = create_model("mobilenetv3_mdconv")
     assert {name.split(".")[1] for name, m in v3.named_modules() if isinstance(m, MixedConv2d)} == {"3", "4"}
     assert not any(isinstance(m, MixedConv2d) for m in create_model("mobilenetv3").modules())
+    v3_s2 = create_model("mobilenetv3_mdconv_s2")
+    assert {name.split(".")[1] for name, m in v3_s2.named_modules() if isinstance(m, MixedConv2d)} == {"1", "2", "3", "5"}
 
 
 def test_cbam_sits_where_mask_attention_does_and_adds_parameters():
