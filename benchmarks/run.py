@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -57,8 +58,9 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
     """
     from client.grpc_client import TriageClient
 
-    def levels(grpc_url: str) -> list[dict]:
-        client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"), shared_memory=shared_memory)
+    def levels(grpc_url: str, admin_key: str | None) -> list[dict]:
+        client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"), shared_memory=shared_memory,
+                              admin_key=admin_key)
         send = lambda blob: client.triage(blob).error  # noqa: E731
         rows = []
         for c in concurrency:
@@ -70,11 +72,11 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
         return rows
 
     if url:
-        return levels(url)
+        return levels(url, os.environ.get("CXR_ADMIN_KEY"))
     from cxr.server import TritonServer, free_port
 
     with TritonServer(repository, free_port(), free_port(), free_port()) as server:
-        return levels(server.grpc_url)
+        return levels(server.grpc_url, server.admin_key)
 
 
 def measure_baseline(blobs: list[bytes], concurrency=BASELINE_CONCURRENCY, startup_s: float = 120.0) -> list[dict]:

@@ -60,8 +60,9 @@ class SystemSharedMemory:
     and unregistered by :meth:`close`. Outputs still come back in the gRPC response.
     """
 
-    def __init__(self, client: grpcclient.InferenceServerClient, min_bytes: int = 1 << 20) -> None:
-        self.client, self.min_bytes = client, min_bytes
+    def __init__(self, client: grpcclient.InferenceServerClient, min_bytes: int = 1 << 20,
+                 headers: dict[str, str] | None = None) -> None:
+        self.client, self.min_bytes, self.headers = client, min_bytes, headers
         self._local = threading.local()
         self._lock = threading.Lock()
         self._regions: list[tuple[str, object]] = []
@@ -79,7 +80,7 @@ class SystemSharedMemory:
             capacity = max(self.min_bytes, 1 << (size - 1).bit_length())
             name = f"cxr-{uuid.uuid4().hex[:16]}"
             handle = shm.create_shared_memory_region(name, f"/{name}", capacity)
-            self.client.register_system_shared_memory(name, f"/{name}", capacity)
+            self.client.register_system_shared_memory(name, f"/{name}", capacity, headers=self.headers)
             with self._lock:
                 self._regions.append((name, handle))
             region = self._local.region = (name, handle, capacity)
@@ -90,7 +91,7 @@ class SystemSharedMemory:
         import tritonclient.utils.shared_memory as shm
 
         try:
-            self.client.unregister_system_shared_memory(name)
+            self.client.unregister_system_shared_memory(name, headers=self.headers)
         except InferenceServerException:
             pass  # the server is gone; the region is still ours to destroy
         shm.destroy_shared_memory_region(handle)
@@ -112,16 +113,24 @@ class TriageClient:
         outputs: which ensemble outputs to fetch (add ``cam``/``lung_mask`` for maps).
         shared_memory: ``"system"`` sends the images through POSIX shared memory (only when the client runs
             on the server's host); ``None`` sends them in the gRPC message.
+        admin_key: the server's admin key (``cxr serve`` writes it to ``--admin-key-file``); needed for
+            shared memory, which the server restricts.
+        tls: ``{"root_certificates", "private_key", "certificate_chain"}`` PEM file paths for a TLS server
+            (the last two for mutual TLS); ``None`` for plain gRPC.
     """
 
     def __init__(self, url: str = "localhost:8001", model: str = ENSEMBLE_NAME, timeout_s: float = 60.0,
-                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS, shared_memory: str | None = None) -> None:
+                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS, shared_memory: str | None = None,
+                 admin_key: str | None = None, tls: dict[str, str] | None = None) -> None:
+        from cxr.server import GRPC_ADMIN_HEADER
+
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        self.client = grpcclient.InferenceServerClient(url=url, channel_args=options)
+        self.client = grpcclient.InferenceServerClient(url=url, channel_args=options, ssl=tls is not None, **(tls or {}))
+        self.admin_headers = {GRPC_ADMIN_HEADER: admin_key} if admin_key else None
         self.model, self.timeout_s, self.outputs = model, timeout_s, tuple(outputs)
         if shared_memory not in (None, "system"):
             raise ValueError(f"shared_memory must be None or 'system', got {shared_memory!r}")
-        self.shm = SystemSharedMemory(self.client) if shared_memory == "system" else None
+        self.shm = SystemSharedMemory(self.client, headers=self.admin_headers) if shared_memory == "system" else None
 
     def is_ready(self) -> bool:
         try:

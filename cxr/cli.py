@@ -9,11 +9,36 @@ import signal
 import sys
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from cxr.server import TritonServer
+def _admin_key(path: str) -> str:
+    """The admin key in ``path``, created (random, mode 600) if the file does not exist."""
+    import os
+    import secrets
+    from pathlib import Path
 
-    server = TritonServer(args.model_repository, args.grpc_port, args.http_port, args.metrics_port, args.log_file)
+    file = Path(path)
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16) + "\n")
+    return file.read_text().strip()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cxr.server import TLSConfig, TritonServer
+
+    tls = None
+    if args.grpc_cert or args.grpc_key:
+        tls = TLSConfig(Path(args.grpc_cert), Path(args.grpc_key), Path(args.grpc_root_cert) if args.grpc_root_cert else None,
+                        mutual=args.grpc_mutual)
+    key = None if args.no_restrict else _admin_key(args.admin_key_file)
+    server = TritonServer(args.model_repository, args.grpc_port, args.http_port, args.metrics_port, args.log_file,
+                          admin_key=key, tls=tls)
     print(f"starting Triton on {args.model_repository} (log: {server.log_path}) ...", flush=True)
+    if key:
+        print(f"model-repository/shared-memory/logging/trace APIs need header cxr-admin-key (key in {args.admin_key_file})")
     server.start(timeout_s=args.timeout)
     print(f"ready: gRPC :{args.grpc_port}  HTTP :{args.http_port}  metrics :{args.metrics_port}  (Ctrl-C stops)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -77,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--log-file", help="server log (default: a temp file)")
     serve.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
+    serve.add_argument("--admin-key-file", default="build/admin.key",
+                       help="key for the restricted APIs (created, mode 600, if missing)")
+    serve.add_argument("--no-restrict", action="store_true", help="leave the admin APIs open (not recommended)")
+    serve.add_argument("--grpc-cert", help="PEM server certificate: serve gRPC over TLS")
+    serve.add_argument("--grpc-key", help="PEM server key")
+    serve.add_argument("--grpc-root-cert", help="PEM CA that signs client certificates (mutual TLS)")
+    serve.add_argument("--grpc-mutual", action="store_true", help="require client certificates")
     serve.set_defaults(func=_serve)
 
     classify = sub.add_parser("classify", help="triage image files (DICOM/PNG/JPEG) over gRPC")

@@ -5,11 +5,18 @@ backend directory (backend library + the stub for this interpreter), put ``libpy
 bundled libraries on ``LD_LIBRARY_PATH`` and this environment's ``bin`` first on ``PATH`` so the stub
 embeds *this* environment's Python (which must have numpy<2: the stub returns empty tensors with 2.x).
 GPU hosts run the NGC ``tritonserver`` container on the same repository instead.
+
+Security defaults: the model-repository (load/unload), shared-memory, logging and trace APIs are restricted
+on both gRPC and HTTP to requests that carry the admin key (HTTP header ``cxr-admin-key``, gRPC metadata
+``triton-grpc-protocol-cxr-admin-key``, as Triton names it)
+(:attr:`TritonServer.admin_key`); inference, health, metadata and statistics stay open. gRPC can be served
+with TLS, optionally mutual (:class:`TLSConfig`).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -18,6 +25,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -30,6 +38,27 @@ def free_port() -> int:
 
 class ServerError(RuntimeError):
     """Triton could not be started or did not become ready."""
+
+
+ADMIN_HEADER = "cxr-admin-key"  # the HTTP header; Triton expects it on gRPC with the prefix below
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+RESTRICTED = ("model-repository", "shared-memory", "logging", "trace")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """gRPC TLS: the server's certificate and key, and (for mutual TLS) the CA that signs client certificates."""
+
+    server_cert: Path
+    server_key: Path
+    root_cert: Path | None = None
+    mutual: bool = False
+
+    def flags(self) -> list[str]:
+        flags = [f"--grpc-server-cert={self.server_cert}", f"--grpc-server-key={self.server_key}"]
+        if self.root_cert is not None:
+            flags.append(f"--grpc-root-cert={self.root_cert}")
+        return flags + (["--grpc-use-ssl-mutual=true"] if self.mutual else ["--grpc-use-ssl=true"])
 
 
 def pytriton_root() -> Path:
@@ -71,6 +100,8 @@ class TritonServer:
         grpc_port, http_port, metrics_port: listening ports (loopback and all interfaces).
         log_path: where the server's output goes (a temp file by default).
         extra_args: more ``tritonserver`` flags.
+        admin_key: the key the restricted APIs require (``"auto"``: a random one; ``None``: no restriction).
+        tls: serve gRPC over TLS.
     """
 
     def __init__(
@@ -81,6 +112,8 @@ class TritonServer:
         metrics_port: int = 8002,
         log_path: str | Path | None = None,
         extra_args: tuple[str, ...] = (),
+        admin_key: str | None = "auto",
+        tls: TLSConfig | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         if not (self.repository.is_dir() and any(self.repository.glob("*/config.pbtxt"))):
@@ -88,7 +121,14 @@ class TritonServer:
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self.extra_args = tuple(extra_args)
+        self.admin_key = secrets.token_hex(16) if admin_key == "auto" else admin_key
+        self.tls = tls
         self.process: subprocess.Popen | None = None
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC headers that unlock the restricted APIs (empty when nothing is restricted)."""
+        return {GRPC_ADMIN_HEADER: self.admin_key} if self.admin_key else {}
 
     @property
     def grpc_url(self) -> str:
@@ -105,8 +145,16 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=true",
             "--log-verbose=0",
+            *self._security_flags(),
             *self.extra_args,
         ]
+
+    def _security_flags(self) -> list[str]:
+        flags = []
+        if self.admin_key:
+            restriction = f"{','.join(RESTRICTED)}:{ADMIN_HEADER}={self.admin_key}"
+            flags += [f"--grpc-restricted-protocol={restriction}", f"--http-restricted-api={restriction}"]
+        return flags + (self.tls.flags() if self.tls else [])
 
     def start(self, timeout_s: float = 180.0) -> "TritonServer":
         log = self.log_path.open("ab")

@@ -131,15 +131,30 @@ def test_urgent_and_default_priority_requests_both_succeed(client, xray_jpeg):
 
 def test_system_shared_memory_client_gets_the_same_answers(triton, client, test_rows):
     blobs = [r.image.read_bytes() for r in test_rows[:4]]
-    shm_client = TriageClient(triton.grpc_url, outputs=("label", "probabilities"), shared_memory="system")
+    shm_client = TriageClient(triton.grpc_url, outputs=("label", "probabilities"), shared_memory="system",
+                              admin_key=triton.admin_key)
     try:
         answers = list(shm_client.triage_many([(str(i), b) for i, b in enumerate(blobs)], concurrency=2))
-        assert len(shm_client.client.get_system_shared_memory_status().regions) >= 1
+        assert len(shm_client.client.get_system_shared_memory_status(headers=triton.admin_headers).regions) >= 1
     finally:
         shm_client.close()
     assert all(a.error is None for a in answers)
     assert [a.probabilities for a in answers] == [client.triage(b).probabilities for b in blobs]
-    assert not TriageClient(triton.grpc_url).client.get_system_shared_memory_status().regions  # cleaned up
+    status = TriageClient(triton.grpc_url).client.get_system_shared_memory_status(headers=triton.admin_headers)
+    assert not status.regions  # cleaned up
+
+
+def test_admin_apis_need_the_key_inference_does_not(triton, client, xray_jpeg):
+    """Model load/unload, shared memory and logging are restricted (cxr serve's default); inference is open."""
+    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+    for call in (lambda h: raw.unload_model("cxr_triage", headers=h), lambda h: raw.load_model("cxr_triage", headers=h),
+                 lambda h: raw.get_system_shared_memory_status(headers=h), lambda h: raw.get_log_settings(headers=h)):
+        with pytest.raises(InferenceServerException, match="(?i)restricted|not allowed|unavailable|permission"):
+            call(None)
+        with pytest.raises(InferenceServerException, match="(?i)restricted"):
+            call({"triton-grpc-protocol-cxr-admin-key": "wrong"})
+    raw.get_log_settings(headers=triton.admin_headers)  # the key opens it
+    assert client.triage(xray_jpeg).error is None and raw.is_model_ready("cxr_triage")
 
 
 def test_cascade_stage2_runs_only_when_viral_or_covid_is_likely(triton, client, repository, test_rows):
