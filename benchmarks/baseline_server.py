@@ -4,7 +4,7 @@
 
 This is what a small hospital team would write first (the "B/S" web system of the DPN92+GCNet paper):
 ``POST /triage`` with the encoded image as the body, the shipped weights in PyTorch, the same
-``cxr`` decoding, preprocessing, mask post-processing and thresholds as the served ensemble, Flask's
+``cxr`` decoding, preprocessing, mask post-processing, thresholds and cascade as the served ensemble, Flask's
 own server with ``threaded=False``. No batching, no pipelining. It exists only to be measured against.
 """
 from __future__ import annotations
@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from flask import Flask, Response, request
 
+from cxr.cascade import stage2_input
 from cxr.labels import LABELS
 from cxr.lungmask import lung_fraction, postprocess_mask
 from cxr.pixels import ImageError
 from cxr.preprocess import prepare_bytes
-from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
-from cxr.triage import Thresholds, triage
+from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION
+from cxr.triage import Thresholds, needs_stage2, triage, with_stage2
 from export.onnx import serving_graph
 from training.common import REPO
 
@@ -31,6 +32,7 @@ THRESHOLDS = REPO / "configs" / "triage_thresholds.json"
 def create_app(threads: int = 2) -> Flask:
     torch.set_num_threads(threads)
     segmenter, classifier = serving_graph(LUNG_SEGMENTATION), serving_graph(CLASSIFIER)
+    stage2 = serving_graph(COVID_STAGE2)
     thresholds = Thresholds.load(THRESHOLDS)
     app = Flask(__name__)
 
@@ -44,7 +46,12 @@ def create_app(threads: int = 2) -> Flask:
             raw = segmenter(torch.from_numpy(seg_in[None]))
             _, probs, _ = classifier(torch.from_numpy(cls_in[None]), raw)
         mask = postprocess_mask(raw[0, 0].numpy().astype(np.uint8))
-        result = triage(probs[0].numpy(), lung_fraction(mask), thresholds).to_dict()
+        result = triage(probs[0].numpy(), lung_fraction(mask), thresholds)
+        if needs_stage2(probs[0].numpy(), thresholds):  # the same cascade as the served router
+            with torch.no_grad():
+                _, covid = stage2(torch.from_numpy(stage2_input(cls_in, mask)[None]))
+            result = with_stage2(result, float(covid[0, COVID_STAGE2.labels.index("covid")]), thresholds)
+        result = result.to_dict()
         result["probabilities"] = dict(zip(LABELS, probs[0].tolist()))
         return Response(json.dumps(result), mimetype="application/json")
 

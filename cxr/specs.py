@@ -159,6 +159,7 @@ ROUTER = StepSpec(
         CLASSIFIER.output("probabilities"),
         CLASSIFIER.output("cam"),
     ),
+    instance_count=2,  # one can wait on the stage-2 BLS call while the other routes the next batch
 )
 """The last step returns every ensemble output (probabilities and CAM pass through it): Triton 2.51's
 ensemble fails a request ("unexpected deadlock") when a tensor that feeds a later step is also an ensemble

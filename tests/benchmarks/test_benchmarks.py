@@ -102,6 +102,7 @@ def test_flask_baseline_answers_like_the_pipeline_and_names_bad_input(repository
     assert answer.status_code == 200
     expected = LocalPipeline(repository).run_batch([xray_jpeg])[0]
     assert answer.get_json()["top_finding"] == expected.triage["top_finding"]
+    assert answer.get_json()["models_run"] == expected.triage["models_run"]
     served = answer.get_json()["probabilities"]
     assert [served[label] for label in LABELS] == pytest.approx(expected.probabilities.tolist(), abs=1e-3)
     bad = client.post("/triage", data=b"not an image")
