@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from flask import Flask, Response, request
 
-from cxr.cascade import stage2_input
+from cxr.cascade import route_batch
 from cxr.labels import LABELS
-from cxr.lungmask import lung_fraction, postprocess_mask
 from cxr.pixels import ImageError
 from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION
-from cxr.triage import Thresholds, needs_stage2, triage, with_stage2
+from cxr.triage import Thresholds
 from export.onnx import serving_graph
 from training.common import REPO
 
@@ -33,7 +32,12 @@ def create_app(threads: int = 2) -> Flask:
     torch.set_num_threads(threads)
     segmenter, classifier = serving_graph(LUNG_SEGMENTATION), serving_graph(CLASSIFIER)
     stage2 = serving_graph(COVID_STAGE2)
+    covid = COVID_STAGE2.labels.index("covid")
     thresholds = Thresholds.load(THRESHOLDS)
+
+    @torch.no_grad()
+    def run_stage2(images: np.ndarray):
+        return stage2(torch.from_numpy(images))[1][:, covid].numpy(), None
     app = Flask(__name__)
 
     @app.post("/triage")
@@ -45,13 +49,9 @@ def create_app(threads: int = 2) -> Flask:
         with torch.no_grad():
             raw = segmenter(torch.from_numpy(seg_in[None]))
             _, probs, _ = classifier(torch.from_numpy(cls_in[None]), raw)
-        mask = postprocess_mask(raw[0, 0].numpy().astype(np.uint8))
-        result = triage(probs[0].numpy(), lung_fraction(mask), thresholds)
-        if needs_stage2(probs[0].numpy(), thresholds):  # the same cascade as the served router
-            with torch.no_grad():
-                _, covid = stage2(torch.from_numpy(stage2_input(cls_in, mask)[None]))
-            result = with_stage2(result, float(covid[0, COVID_STAGE2.labels.index("covid")]), thresholds)
-        result = result.to_dict()
+        # the same routing and cascade as the served router
+        (routed,) = route_batch(probs.numpy(), raw.numpy(), cls_in[None], thresholds, run_stage2)
+        result = routed.result.to_dict()
         result["probabilities"] = dict(zip(LABELS, probs[0].tolist()))
         return Response(json.dumps(result), mimetype="application/json")
 

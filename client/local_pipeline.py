@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.cascade import stage2_input
-from cxr.lungmask import lung_fraction, postprocess_mask
+from cxr.cascade import route_batch
 from cxr.onnx_session import cpu_session
 from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION, ROUTER
-from cxr.triage import Thresholds, needs_stage2, triage, with_stage2
+from cxr.triage import Thresholds
 
 
 def served_onnx_file(repository: Path, role: str) -> str:
@@ -81,17 +80,9 @@ class LocalPipeline:
 
     def route(self, probs: np.ndarray, raw: np.ndarray, cls_in: np.ndarray) -> list[LocalResult]:
         """Post-process the masks, apply the thresholds and run the cascade where due, as ``triage_router`` does."""
-        masks = [postprocess_mask(r[0]) for r in raw]
-        fractions = [lung_fraction(m) for m in masks]
-        decided = [triage(p, f, self.thresholds) for p, f in zip(probs, fractions)]
-        due = [i for i, p in enumerate(probs) if needs_stage2(p, self.thresholds)]
-        if due:
-            covid = self.stage2(np.stack([stage2_input(cls_in[i], masks[i]) for i in due]))
-            for k, i in enumerate(due):
-                decided[i] = with_stage2(decided[i], float(covid[k]), self.thresholds, COVID_STAGE2.role)
         results = []
-        for p, mask, fraction, result in zip(probs, masks, fractions, decided):
-            payload = result.to_dict()
+        for p, r in zip(probs, route_batch(probs, raw, cls_in, self.thresholds, lambda x: (self.stage2(x), None))):
+            payload = r.result.to_dict()
             payload["model_versions"] = self.model_versions
-            results.append(LocalResult(p, mask, fraction, payload))
+            results.append(LocalResult(p, r.mask, r.lung_fraction, payload))
         return results

@@ -3,11 +3,11 @@
 It is the ensemble's last step and also passes the classifier's probabilities and CAM through, so every
 ensemble output comes from here (see :data:`cxr.specs.ROUTER`).
 
-Cleans the lung mask (MANet post-processing), computes lung coverage and applies the site thresholds
-(``thresholds.json`` beside this file, a versioned release) with :func:`cxr.triage.triage`. When the first
-stage finds viral/covid likely (:func:`cxr.triage.needs_stage2`), it calls the Cascade-SEMEnet stage-2 model
-``covid_stage2`` with BLS on the lung-only image (:func:`cxr.cascade.stage2_input`), one call for all such
-studies of the batch; other studies do not pay for it. The result records which models ran.
+:func:`cxr.cascade.route_batch` cleans the lung mask (MANet post-processing), computes lung coverage and
+applies the site thresholds (``thresholds.json`` beside this file, a versioned release). When the first stage
+finds viral/covid likely, it runs the Cascade-SEMEnet stage-2 model ``covid_stage2`` on the lung-only images,
+here with BLS, one call for all such studies of the batch; other studies do not pay for it. The result
+records which models ran.
 """
 import json
 import os
@@ -15,10 +15,9 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from cxr.cascade import stage2_input
-from cxr.lungmask import lung_fraction, postprocess_mask
+from cxr.cascade import route_batch
 from cxr.specs import COVID_STAGE2, ROUTER
-from cxr.triage import Thresholds, needs_stage2, triage, with_stage2
+from cxr.triage import Thresholds
 
 
 class TritonPythonModel:
@@ -43,26 +42,18 @@ class TritonPythonModel:
         return responses
 
     def _route(self, probs, cam, raw_masks, cls_images):
-        masks = [postprocess_mask(raw[0]) for raw in raw_masks]
-        fractions = [lung_fraction(m) for m in masks]
-        results = [triage(p, f, self.thresholds) for p, f in zip(probs, fractions)]
-        cascade = [i for i, p in enumerate(probs) if needs_stage2(p, self.thresholds)]
-        if cascade:
-            covid, error = self._stage2(np.stack([stage2_input(cls_images[i], masks[i]) for i in cascade]))
-            for k, i in enumerate(cascade):
-                results[i] = with_stage2(results[i], None if covid is None else float(covid[k]), self.thresholds,
-                                         self.stage2_model, error)
+        routed = route_batch(probs, raw_masks, cls_images, self.thresholds, self._stage2, self.stage2_model)
         labels, payloads = [], []
-        for result in results:
-            payload = result.to_dict()
+        for r in routed:
+            payload = r.result.to_dict()
             payload["model_versions"] = self.model_versions
-            labels.append(result.top_finding.encode())
+            labels.append(r.result.top_finding.encode())
             payloads.append(json.dumps(payload).encode())
         return [
             pb_utils.Tensor("label", np.array(labels, dtype=object).reshape(-1, 1)),
             pb_utils.Tensor("triage", np.array(payloads, dtype=object).reshape(-1, 1)),
-            pb_utils.Tensor("lung_fraction", np.array(fractions, dtype=np.float32).reshape(-1, 1)),
-            pb_utils.Tensor("lung_mask", np.stack([m[None] for m in masks]).astype(np.uint8)),
+            pb_utils.Tensor("lung_fraction", np.array([r.lung_fraction for r in routed], dtype=np.float32).reshape(-1, 1)),
+            pb_utils.Tensor("lung_mask", np.stack([r.mask[None] for r in routed]).astype(np.uint8)),
             pb_utils.Tensor("probabilities", probs),
             pb_utils.Tensor("cam", cam),
         ]
