@@ -1,12 +1,17 @@
-"""The ``cxr`` command line: serve, classify, evaluate, build-repository.
+"""The ``cxr`` command line: serve, classify, evaluate, build-repository, gateway, explain, bench, flops, report.
 
 Subcommands import their modules lazily, so ``cxr classify`` needs only the client dependencies.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
+
+
+# Commands whose arguments go unparsed to ``<module>.main(argv)``.
+PASSTHROUGH = {"bench": "benchmarks.run", "flops": "benchmarks.flops", "report": "training.report"}
 
 
 def _admin_key(path: str) -> str:
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--lime-samples", type=int, default=300)
     explain.set_defaults(func=_explain)
 
-    # `cxr bench ARGS` / `cxr flops ARGS` go to benchmarks.run / benchmarks.flops (see main); listed for --help.
+    # The PASSTHROUGH commands hand their arguments to their module's own parser (see main); listed for --help.
     sub.add_parser("bench", help="served vs raw ONNX Runtime vs a naive Flask server (cxr bench --help)")
     sub.add_parser("flops", help="MACs/params of every model vs the papers' tables (cxr flops --json)")
     sub.add_parser("report", help="train/evaluate the papers' classifiers, write a Markdown table (cxr report --help)")
@@ -160,20 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:
-        from benchmarks.run import main as bench
-
-        bench(argv[1:])
-        return 0
-    if argv[:1] == ["flops"]:
-        from benchmarks.flops import main as flops
-
-        flops(argv[1:])
-        return 0
-    if argv[:1] == ["report"]:
-        from training.report import main as report
-
-        report(argv[1:])
+    if argv and argv[0] in PASSTHROUGH:
+        importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
     if getattr(args, "manifest", "unset") is None:
