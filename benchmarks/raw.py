@@ -55,10 +55,9 @@ def time_batches(pipeline: LocalPipeline, blobs: list[bytes], batch: int, images
     return {"batch": batch, "img_s": done / total, **{f"{k}_ms": 1e3 * v / done for k, v in stages.items()}}
 
 
-def measure(repository: str, blobs: list[bytes], batches=(1, 4, 8, 16), images: int = 64, threads: int = 2,
-            onnx_files: dict | None = None) -> dict:
+def measure(repository: str, blobs: list[bytes], batches=(1, 4, 8, 16), images: int = 64, threads: int = 2) -> dict:
     """``{"raw_img_s", "best_batch", "rows": [...], "gmacs", "model_gflop_s"}``."""
-    pipeline = LocalPipeline(repository, threads=threads, onnx_files=onnx_files)
+    pipeline = LocalPipeline(repository, threads=threads)
     rows = [time_batches(pipeline, blobs, b, max(images, b)) for b in batches]
     best = max(rows, key=lambda r: r["img_s"])
     gmacs = model_gmacs()

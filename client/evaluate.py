@@ -28,10 +28,9 @@ def _rows(manifest: Path, split: str | None) -> list[dict]:
 
 
 def evaluate(manifest: str | Path, split: str | None = "test", url: str | None = None,
-             repository: str | Path = "build/model_repository", batch_size: int = 8,
-             onnx_files: dict[str, str | Path] | None = None) -> dict:
-    """Evaluate via ``url`` (served ensemble over gRPC) or, if ``url`` is None, via the repository's ONNX files
-    (``onnx_files`` ``{role: path}`` swaps in other graphs, e.g. the INT8 ones)."""
+             repository: str | Path = "build/model_repository", batch_size: int = 8) -> dict:
+    """Evaluate via ``url`` (served ensemble over gRPC) or, if ``url`` is None, via the ONNX files the
+    repository serves (``model.int8.onnx`` in a ``cpu-int8`` repository)."""
     manifest = Path(manifest)
     rows = _rows(manifest, split)
     root = manifest.parent
@@ -52,7 +51,7 @@ def evaluate(manifest: str | Path, split: str | None = "test", url: str | None =
     else:
         from client.local_pipeline import LocalPipeline
 
-        pipeline = LocalPipeline(repository, onnx_files=onnx_files)
+        pipeline = LocalPipeline(repository)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             for res in pipeline.run_batch([(root / r["file"]).read_bytes() for r in chunk]):
