@@ -18,17 +18,13 @@ from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
 
 
 def model_gmacs() -> dict[str, float]:
-    """Multiply-accumulates per image of each served graph (PyTorch's FLOP counter, MAC = FLOP / 2)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from export.onnx import example_inputs, serving_graph
+    """Multiply-accumulates per image of each served model, as ``cxr flops`` counts them (no weights loaded)."""
+    from benchmarks.flops import count
 
     out = {}
     for spec in (LUNG_SEGMENTATION, CLASSIFIER):
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            serving_graph(spec)(*example_inputs(spec, batch=1))
-        out[spec.role] = counter.get_total_flops() / 2e9
+        classes = {"num_classes": len(spec.labels)} if spec.labels else {}
+        out[spec.role] = count(spec.name, spec.input_size[0], **classes)["gmacs"]
     return out
 
 
