@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 REPOSITORY := build/model_repository
 STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml | sha1sum | cut -c1-12)
 
-APT_PACKAGES := orthanc dcmtk chromium
+APT_PACKAGES := orthanc dcmtk chromium openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: system-packages setup demo test test-fast serve repository train train-seg train-cls train-cascade evaluate bench perf-analyzer int8 lock clean
@@ -15,9 +15,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: system-packages $(STAMP)
 
 # Debian packages: Orthanc (the PACS the gateway tests talk to), dcmtk (storescu/echoscu) and chromium
-# (the upload page's browser test, driven by the playwright Python package).
+# (the upload page's browser test, driven by the playwright Python package) and openssl (the TLS test's CA).
 system-packages:
-	@command -v Orthanc >/dev/null && command -v storescu >/dev/null && command -v chromium >/dev/null || { \
+	@command -v Orthanc >/dev/null && command -v storescu >/dev/null && command -v chromium >/dev/null && command -v openssl >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES); }
 
