@@ -67,7 +67,7 @@ train-cascade: setup
 	$(PY) -m training.train_cascade --config training/configs/seme_densenet169.yaml --ship
 
 lock: setup
-	{ head -2 requirements/lock.txt; $(PIP) freeze | grep -v -e pytriton -e '^-e'; } > requirements/lock.new && mv requirements/lock.new requirements/lock.txt
+	{ head -2 requirements/lock.txt; $(PIP) freeze | grep -v -e pytriton -e "^-e" -e "^# Editable"; } > requirements/lock.new && mv requirements/lock.new requirements/lock.txt
 
 clean:
 	rm -rf build runs .pytest_cache

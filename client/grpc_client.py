@@ -6,6 +6,7 @@ Stock tritonclient users can do the same by hand: send the encoded file as one `
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -18,10 +19,23 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from cxr.labels import LABELS
+from cxr.pixels import MAX_BYTES, ImageError, check_encoded_size
 from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
 
 DEFAULT_OUTPUTS = ("label", "triage", "lung_fraction", "probabilities")
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Errors worth retrying: the server is unreachable or restarting, or a model instance's stub died and is
+# being reloaded (cxr.server.StubWatchdog). Inference is a pure function of the image, so a retry is safe.
+TRANSIENT = ("UNAVAILABLE", "failed to connect", "Socket closed", "Connection refused", "Connection reset",
+             "is not healthy", "is not ready", "Request for unknown model")
+
+
+_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
+
+def is_transient(error: str) -> bool:
+    """Whether a failed request may succeed if sent again (never true for a rejected image)."""
+    return not error.startswith("bad image") and any(t in error for t in TRANSIENT)
+MAX_MESSAGE_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, plus the rest of the message
 
 
 @dataclass
@@ -36,6 +50,7 @@ class TriageOutput:
     latency_ms: float = 0.0
     request_id: str = ""
     error: str | None = None
+    attempts: int = 1
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
@@ -117,17 +132,21 @@ class TriageClient:
             shared memory, which the server restricts.
         tls: ``{"root_certificates", "private_key", "certificate_chain"}`` PEM file paths for a TLS server
             (the last two for mutual TLS); ``None`` for plain gRPC.
+        retries: how many times a request that failed for a transient reason (:func:`is_transient`) is
+            sent again, after ``backoff_s``, then doubling (5 retries with 0.25 s wait out ~8 s).
     """
 
     def __init__(self, url: str = "localhost:8001", model: str = ENSEMBLE_NAME, timeout_s: float = 60.0,
                  outputs: tuple[str, ...] = DEFAULT_OUTPUTS, shared_memory: str | None = None,
-                 admin_key: str | None = None, tls: dict[str, str] | None = None) -> None:
+                 admin_key: str | None = None, tls: dict[str, str] | None = None, retries: int = 5,
+                 backoff_s: float = 0.25) -> None:
         from cxr.server import GRPC_ADMIN_HEADER
 
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         self.client = grpcclient.InferenceServerClient(url=url, channel_args=options, ssl=tls is not None, **(tls or {}))
         self.admin_headers = {GRPC_ADMIN_HEADER: admin_key} if admin_key else None
         self.model, self.timeout_s, self.outputs = model, timeout_s, tuple(outputs)
+        self.retries, self.backoff_s = retries, backoff_s
         if shared_memory not in (None, "system"):
             raise ValueError(f"shared_memory must be None or 'system', got {shared_memory!r}")
         self.shm = SystemSharedMemory(self.client, headers=self.admin_headers) if shared_memory == "system" else None
@@ -142,8 +161,24 @@ class TriageClient:
         """Triage one encoded image; server-side rejections come back as ``TriageOutput.error``.
 
         ``priority``: 0 = the models' default, 1 = urgent (served before queued default-priority requests).
+        Transient failures are retried (``retries``, with backoff); ``attempts`` says how many were made.
         """
         request_id = request_id or uuid.uuid4().hex
+        try:
+            check_encoded_size(len(data))  # the server would refuse it too, after a long upload
+        except ImageError as exc:
+            return TriageOutput(name, error=f"bad image: {exc}", request_id=request_id)
+        delay = self.backoff_s
+        for attempt in range(1, self.retries + 2):
+            out = self._infer(data, name, request_id, priority)
+            out.attempts = attempt
+            if out.error is None or attempt > self.retries or not is_transient(out.error):
+                return out
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _infer(self, data: bytes, name: str, request_id: str, priority: int) -> TriageOutput:
         inp = grpcclient.InferInput(IMAGE_BYTES.name, [1, 1], "BYTES")
         if self.shm is not None:
             self.shm.put(inp, data)
@@ -155,8 +190,8 @@ class TriageClient:
             result = self.client.infer(self.model, [inp], outputs=outputs, request_id=request_id,
                                        client_timeout=self.timeout_s, priority=priority)
         except InferenceServerException as exc:
-            return TriageOutput(name, error=exc.message() or str(exc), request_id=request_id,
-                                latency_ms=(time.perf_counter() - start) * 1e3)
+            error = _ENSEMBLE_PREFIX.sub("", exc.message() or str(exc))  # "in ensemble 'cxr_triage', bad image: ..."
+            return TriageOutput(name, error=error, request_id=request_id, latency_ms=(time.perf_counter() - start) * 1e3)
         latency = (time.perf_counter() - start) * 1e3
         return _parse(name, result, self.outputs, latency, request_id)
 

@@ -17,3 +17,11 @@ def split_batch(batch: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
     if sum(sizes) != batch.shape[0]:
         raise ValueError(f"batch of {batch.shape[0]} cannot be split into request sizes {list(sizes)}")
     return np.split(batch, np.cumsum(sizes)[:-1])
+
+
+def non_finite(names: Sequence[str], arrays: Sequence[np.ndarray]) -> str | None:
+    """The error for a request whose float inputs hold NaN or Inf (a raw client can send them), else None."""
+    for name, array in zip(names, arrays):
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return f"input {name!r} has non-finite values (NaN or Inf)"
+    return None

@@ -6,6 +6,12 @@ bundled libraries on ``LD_LIBRARY_PATH`` and this environment's ``bin`` first on
 embeds *this* environment's Python (which must have numpy<2: the stub returns empty tensors with 2.x).
 GPU hosts run the NGC ``tritonserver`` container on the same repository instead.
 
+Models are loaded in explicit model-control mode (all at start), so the repository API can reload them. A
+:class:`StubWatchdog` does what Triton 2.51's python backend no longer does (triton-inference-server/server
+#7862, #8604): when a model's stub process dies, the server still reports ready while that instance fails
+every request ("Stub process ... is not healthy"), forever. The watchdog notices the dead stub and reloads
+that model through the repository API; Triton swaps the new instances in, the ensemble keeps its name.
+
 Security defaults: the model-repository (load/unload), shared-memory, logging and trace APIs are restricted
 on both gRPC and HTTP to requests that carry the admin key (HTTP header ``cxr-admin-key``, gRPC metadata
 ``triton-grpc-protocol-cxr-admin-key``, as Triton names it)
@@ -23,6 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -102,6 +109,7 @@ class TritonServer:
         extra_args: more ``tritonserver`` flags.
         admin_key: the key the restricted APIs require (``"auto"``: a random one; ``None``: no restriction).
         tls: serve gRPC over TLS.
+        watchdog: reload a model whose python-backend stub process died (:class:`StubWatchdog`).
     """
 
     def __init__(
@@ -114,6 +122,7 @@ class TritonServer:
         extra_args: tuple[str, ...] = (),
         admin_key: str | None = "auto",
         tls: TLSConfig | None = None,
+        watchdog: bool = True,
     ) -> None:
         self.repository = Path(repository).resolve()
         if not (self.repository.is_dir() and any(self.repository.glob("*/config.pbtxt"))):
@@ -124,6 +133,7 @@ class TritonServer:
         self.admin_key = secrets.token_hex(16) if admin_key == "auto" else admin_key
         self.tls = tls
         self.process: subprocess.Popen | None = None
+        self.watchdog = StubWatchdog(self) if watchdog else None
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -144,6 +154,8 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=true",
+            "--model-control-mode=explicit",
+            "--load-model=*",
             "--log-verbose=0",
             *self._security_flags(),
             *self.extra_args,
@@ -160,7 +172,23 @@ class TritonServer:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
         self.wait_ready(timeout_s)
+        if self.watchdog is not None:
+            self.watchdog.start()
         return self
+
+    def load_model(self, name: str, config: dict | None = None) -> None:
+        """(Re)load ``name`` through the repository API (with the admin key); returns when it is ready.
+
+        Triton skips a load whose files and config are unchanged; ``config`` overrides the model's JSON config.
+        """
+        import json
+
+        headers = {ADMIN_HEADER: self.admin_key, "Content-Type": "application/json"} if self.admin_key else {}
+        body = {"parameters": {"config": json.dumps(config)}} if config is not None else {}
+        request = urllib.request.Request(f"http://localhost:{self.http_port}/v2/repository/models/{name}/load",
+                                         data=json.dumps(body).encode(), method="POST", headers=headers)
+        with urllib.request.urlopen(request, timeout=300) as response:
+            response.read()
 
     def is_ready(self) -> bool:
         try:
@@ -180,6 +208,13 @@ class TritonServer:
         self.stop()
         raise ServerError(f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
 
+    def model_config(self, name: str) -> dict:
+        """The model's config as Triton serves it (JSON)."""
+        import json
+
+        with urllib.request.urlopen(f"http://localhost:{self.http_port}/v2/models/{name}/config", timeout=10) as response:
+            return json.loads(response.read())
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -187,6 +222,8 @@ class TritonServer:
             return "(no log)"
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
@@ -205,3 +242,75 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class StubWatchdog:
+    """Reload a model when one of its python-backend stub processes has died (killed, OOM, crashed).
+
+    After the server is ready it records every stub (one per model instance, named ``<model>_<i>_<j>``
+    on the stub's command line); then every ``interval_s`` it checks them. A missing or zombie stub makes
+    it reload that model (:meth:`TritonServer.load_model`); in-flight requests on the other instances
+    finish, requests that hit the dead instance until then fail fast and are retried by clients
+    (:class:`client.grpc_client.TriageClient` retries them). ``restarts`` lists ``(model, seconds to
+    ready again)``.
+    """
+
+    def __init__(self, server: TritonServer, interval_s: float = 0.5) -> None:
+        self.server, self.interval_s = server, interval_s
+        self.restarts: list[tuple[str, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._expected: dict[str, str] = {}  # instance name -> model name
+
+    def stubs(self) -> dict[str, tuple[str, bool]]:
+        """Live view: instance name -> (model name, alive) for every stub process of this server."""
+        import psutil
+
+        found = {}
+        try:
+            children = psutil.Process(self.server.process.pid).children()
+        except (psutil.NoSuchProcess, AttributeError):
+            return found
+        for child in children:
+            try:
+                argv = child.cmdline()
+                alive = child.status() != psutil.STATUS_ZOMBIE
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue  # gone (or a zombie whose cmdline is unreadable): counted as missing below
+            if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) >= 3:
+                found[argv[-2]] = (Path(argv[1]).parent.parent.name, alive)
+        return found
+
+    def start(self) -> None:
+        self._expected = {name: model for name, (model, alive) in self.stubs().items() if alive}
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cxr-stub-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def dead_models(self) -> set[str]:
+        stubs = self.stubs()
+        return {model for name, model in self._expected.items() if not stubs.get(name, ("", False))[1]}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.server.process is None or self.server.process.poll() is not None:
+                return
+            for model in sorted(self.dead_models()):
+                start = time.monotonic()
+                print(f"[cxr] stub watchdog: a {model} stub process died; reloading {model}", file=sys.stderr, flush=True)
+                try:
+                    # Triton skips a load with an unchanged config: a restart counter parameter changes it
+                    config = self.server.model_config(model)
+                    config.setdefault("parameters", {})["cxr_stub_restart"] = {"string_value": str(len(self.restarts) + 1)}
+                    self.server.load_model(model, config=config)
+                except OSError as exc:
+                    print(f"[cxr] stub watchdog: reloading {model} failed: {exc}", file=sys.stderr, flush=True)
+                    continue
+                self.restarts.append((model, time.monotonic() - start))
+                print(f"[cxr] stub watchdog: {model} ready again after {time.monotonic() - start:.1f} s",
+                      file=sys.stderr, flush=True)

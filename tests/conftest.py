@@ -8,6 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__import__("os").environ.get("CXR_DATA", REPO.parent / "shared" / "data" / "cxr"))
+ARTIFACTS = REPO / "build" / "test-artifacts"
 REPOSITORY = Path(__import__("os").environ.get("CXR_REPOSITORY", REPO / "build" / "model_repository"))
 
 
@@ -39,6 +40,21 @@ def xray_pixels(xray_jpeg) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def corpus_source(xray_jpeg, xray_pixels):
+    from tests.corpus import Source
+
+    return Source(xray_pixels.astype(np.uint8), xray_jpeg)
+
+
+@pytest.fixture(scope="session")
+def corpus(corpus_source) -> dict[str, bytes]:
+    """The bad-input corpus (tests/corpus.py), built once: case name -> bytes."""
+    from tests.corpus import build
+
+    return build(corpus_source)
+
+
+@pytest.fixture(scope="session")
 def repository() -> Path:
     """The repository `make test` builds from the shipped weights (built here if missing)."""
     if not (REPOSITORY / "build.json").exists():
@@ -58,3 +74,13 @@ def triton(repository, tmp_path_factory):
     server.start(timeout_s=240)
     yield server
     server.stop()
+
+
+def write_artifact(name: str, payload: dict) -> Path:
+    """Record what a reliability test measured (build/test-artifacts/NAME.json; the README quotes them)."""
+    import json
+
+    path = ARTIFACTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

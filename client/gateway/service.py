@@ -3,7 +3,8 @@
     cxr gateway --ae-title CXRGW --port 11112 --triton localhost:8001 \\
         --destination ORTHANC@127.0.0.1:4242 --spool /var/spool/cxr [--allow-ae ORTHANC ...]
 
-- C-ECHO and C-STORE from the allowed calling AE titles only (others are rejected at association).
+- C-ECHO and C-STORE from the allowed calling AE titles only (others are rejected at association), in any
+  transfer syntax (what the server cannot decode gets an "AI result unavailable" SR naming the syntax).
 - Each instance is in the spool (fsynced) before C-STORE success is returned; a full disk answers
   0xA700 "out of resources" instead of accepting and dropping.
 - Workers take the most urgent instance first (DICOM Priority HIGH, then MEDIUM, LOW), skip what is not a
@@ -25,11 +26,12 @@ import pydicom
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from client.gateway.results import Triaged, package
 from client.gateway.spool import PRIORITY_NAME, Spool
+from client.grpc_client import TriageClient, is_transient
 
 log = logging.getLogger("cxr.gateway")
 
@@ -37,7 +39,6 @@ OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 CHEST_PARTS = {"CHEST", "THORAX", "LUNG"}
 FRONTAL_VIEWS = {"PA", "AP"}
-TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "failed to connect", "Socket closed", "Connection refused")
 
 
 def ref(uid: str) -> str:
@@ -79,6 +80,8 @@ class GatewayConfig:
     allow_ae: tuple[str, ...] = ()
     workers: int = 2
     retry_s: float = 300.0  # how long a worker waits out an unreachable Triton before reporting "unavailable"
+    max_attempts: int = 3  # an instance whose processing raised this often is kept in spool/failed/
+    retry_wait_s: float = 2.0  # pause after a failed attempt
     host: str = "0.0.0.0"
 
 
@@ -100,8 +103,6 @@ class GatewayMetrics:
 
 class Gateway:
     def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None) -> None:
-        from client.grpc_client import TriageClient
-
         self.config = config
         self.spool = Spool(config.spool)
         self.metrics = metrics or GatewayMetrics()
@@ -113,6 +114,7 @@ class Gateway:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server = None
+        self._attempts: dict[str, int] = {}  # SOP Instance UID -> failed processing attempts
 
     # -- Storage SCP -------------------------------------------------------------------------
     def _on_store(self, event) -> int | Dataset:
@@ -143,7 +145,8 @@ class Gateway:
 
     def start(self) -> "Gateway":
         ae = AE(ae_title=self.config.ae_title)
-        ae.supported_contexts = AllStoragePresentationContexts
+        for context in AllStoragePresentationContexts:  # every transfer syntax: PACS often send JPEG lossless
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         if self.config.allow_ae:
             ae.require_calling_aet = list(self.config.allow_ae)
@@ -176,11 +179,23 @@ class Gateway:
                 continue
             try:
                 self.process(path)
-            except Exception as exc:  # keep the worker alive; the instance is retried
-                self.metrics.failed.labels("process").inc()
-                log.exception("processing %s failed (%s); will retry", ref(Spool.uid_of(path)), type(exc).__name__)
-                self.spool.release(path)
-                self._stop.wait(2.0)
+            except Exception as exc:  # keep the worker alive; the instance is retried, then kept aside
+                self._failed_attempt(path, exc)
+
+    def _failed_attempt(self, path: Path, exc: Exception) -> None:
+        uid = Spool.uid_of(path)
+        attempts = self._attempts[uid] = self._attempts.get(uid, 0) + 1
+        self.metrics.failed.labels("process").inc()
+        if attempts >= self.config.max_attempts:
+            reason = f"processing failed {attempts} times: {type(exc).__name__}: {exc}"
+            log.error("%s kept in spool/failed/ for a person: %s", ref(uid), type(exc).__name__)
+            self.spool.quarantine(path, {"outcome": "failed", "reason": reason})
+            self.metrics.processed.labels("failed").inc()
+            self._attempts.pop(uid, None)
+            return
+        log.warning("processing %s failed (%s); will retry", ref(uid), type(exc).__name__)
+        self.spool.release(path)
+        self._stop.wait(self.config.retry_wait_s)
 
     def process(self, path: Path) -> dict:
         """Triage one spooled instance and store its result package; returns the outcome record."""
@@ -226,7 +241,8 @@ class Gateway:
             out = self.client.triage(data, priority=priority)
             if out.error is None:
                 return Triaged.from_output(out), None, out.request_id
-            transient = any(t in out.error for t in TRANSIENT)
+            # the client already retried briefly; a restarting server or a timeout is waited out here
+            transient = is_transient(out.error) or "DEADLINE_EXCEEDED" in out.error
             if not transient or time.monotonic() > deadline or self._stop.is_set():
                 return None, out.error if not transient else f"inference unavailable: {out.error}", out.request_id
             self.metrics.failed.labels("triton").inc()

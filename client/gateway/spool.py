@@ -5,6 +5,7 @@ Layout under the spool directory::
     incoming/<rank>-<received_ns>-<SOPInstanceUID>.dcm   accepted, waiting (rank 0 = DICOM priority HIGH)
     processing/<same name>                               claimed by a worker
     done/<SOPInstanceUID>.json                           the outcome record (result sent / skipped / failed)
+    failed/<same name as incoming>                       kept for a person: processing it failed repeatedly
 
 An instance is written to a temporary file, fsynced and renamed into ``incoming/`` (then the directory is
 fsynced) *before* the C-STORE success is returned. Claiming is an atomic rename, so two workers never take
@@ -37,8 +38,9 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.incoming, self.processing, self.done = (self.root / d for d in ("incoming", "processing", "done"))
-        for d in (self.incoming, self.processing, self.done):
+        self.incoming, self.processing, self.done, self.failed = (
+            self.root / d for d in ("incoming", "processing", "done", "failed"))
+        for d in (self.incoming, self.processing, self.done, self.failed):
             d.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self.recover()
@@ -110,8 +112,8 @@ class Spool:
         """Give a claimed instance back (e.g. the PACS was unreachable); it will be retried."""
         os.replace(path, self.incoming / path.name)
 
-    def complete(self, path: Path, record: dict) -> None:
-        """Record the outcome durably, then drop the instance from the queue."""
+    def complete(self, path: Path, record: dict, keep: bool = False) -> None:
+        """Record the outcome durably, then drop the instance from the queue (unless ``keep``)."""
         uid = self.uid_of(path)
         tmp = self.done / f".{uid}.json.tmp"
         with open(tmp, "w") as f:
@@ -120,7 +122,17 @@ class Spool:
             os.fsync(f.fileno())
         os.replace(tmp, self.done / f"{uid}.json")
         _fsync_dir(self.done)
-        path.unlink(missing_ok=True)
+        if not keep:
+            path.unlink(missing_ok=True)
+
+    def quarantine(self, path: Path, record: dict) -> None:
+        """Keep an instance that cannot be processed in ``failed/`` (not lost, not retried forever) and record it.
+
+        To retry it later, move it back into ``incoming/`` and delete its record in ``done/``.
+        """
+        os.replace(path, self.failed / path.name)
+        _fsync_dir(self.failed)
+        self.complete(self.failed / path.name, record, keep=True)
 
     def record(self, sop_uid: str) -> dict | None:
         path = self.done / f"{sop_uid}.json"

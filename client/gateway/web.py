@@ -13,13 +13,13 @@ import base64
 import html
 
 import cv2
-import numpy as np
 from flask import Flask, Response, request
 
 from client.gateway.results import Triaged, overlay
 from cxr.labels import LABELS
+from cxr.pixels import MAX_BYTES
 
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, plus the form's own bytes
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cxr-triage</title>
@@ -84,7 +84,7 @@ def create_app(triton_url: str, registry=None) -> Flask:
 
     @app.errorhandler(413)
     def too_large(_):
-        return PAGE.format(body=f'<p class="error" id="error">file larger than {MAX_UPLOAD_BYTES // 2**20} MB</p>'), 413
+        return PAGE.format(body=f'<p class="error" id="error">file too large (maximum {MAX_BYTES // 2**20} MiB)</p>'), 413
 
     @app.get("/metrics")
     def metrics():

@@ -8,7 +8,7 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from cxr.batching import concat_requests, split_batch
+from cxr.batching import concat_requests, non_finite, split_batch
 from cxr.onnx_session import cpu_session
 
 
@@ -24,17 +24,27 @@ class TritonPythonModel:
         self.output_names = [o["name"] for o in config["output"]]
 
     def execute(self, requests):
+        inputs = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names] for r in requests]
+        responses = [None] * len(requests)
+        for i, arrays in enumerate(inputs):
+            problem = non_finite(self.input_names, arrays)
+            if problem is not None:  # refused alone; the rest of the batch runs
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(problem))
+        ok = [i for i, r in enumerate(responses) if r is None]
+        if not ok:
+            return responses
         feeds, sizes = {}, None
-        for name in self.input_names:
-            arrays = [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
-            feeds[name], sizes = concat_requests(arrays)
+        for k, name in enumerate(self.input_names):
+            feeds[name], sizes = concat_requests([inputs[i][k] for i in ok])
         try:
             outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:
             error = pb_utils.TritonError(f"onnxruntime failed: {exc}")
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+            for i in ok:
+                responses[i] = pb_utils.InferenceResponse(error=error)
+            return responses
         per_output = [split_batch(out, sizes) for out in outputs]
-        return [
-            pb_utils.InferenceResponse([pb_utils.Tensor(n, per_output[k][i]) for k, n in enumerate(self.output_names)])
-            for i in range(len(requests))
-        ]
+        for j, i in enumerate(ok):
+            responses[i] = pb_utils.InferenceResponse(
+                [pb_utils.Tensor(n, per_output[k][j]) for k, n in enumerate(self.output_names)])
+        return responses

@@ -5,7 +5,6 @@ import base64
 import json
 import struct
 
-import numpy as np
 import pytest
 
 from benchmarks.load import requests_for, run_load

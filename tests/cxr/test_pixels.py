@@ -1,11 +1,11 @@
-"""Decoding and validation: every accepted format decodes the same picture, every bad input names its problem."""
+"""Decoding: every accepted format decodes the same picture (bad inputs: tests/cxr/test_corpus.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from client.dicom_files import make_dicom
-from cxr.pixels import ImageError, decode_image, sniff_format
+from cxr.pixels import decode_image, sniff_format
 from tests.images import jpeg_bytes, png_bytes
 
 
@@ -53,37 +53,6 @@ def test_monochrome1_is_inverted_back(gray):
     mono1 = decode_image(make_dicom(gray.astype(np.float32), photometric="MONOCHROME1")).pixels
     mono2 = decode_image(make_dicom(gray.astype(np.float32), photometric="MONOCHROME2")).pixels
     assert _corr(mono1, mono2) > 0.999
-
-
-def _big_png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims a huge size (the decoder must refuse before allocating)."""
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = lambda tag, body: struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
-
-
-BAD_INPUTS = [
-    ("empty", lambda g, j: b"", "empty input"),
-    ("random-bytes", lambda g, j: np.random.default_rng(0).bytes(5000), "unrecognised image format"),
-    ("truncated-jpeg", lambda g, j: j[: len(j) // 3], "truncated or corrupt JPEG"),
-    ("truncated-png", lambda g, j: png_bytes(g)[:2000], "truncated or corrupt PNG"),
-    ("tiny-1x1-png", lambda g, j: png_bytes(np.zeros((1, 1), np.uint8)), "too small"),
-    ("tiny-40px-jpeg", lambda g, j: jpeg_bytes(np.zeros((40, 300), np.uint8)), "too small"),
-    ("huge-20000px-png", lambda g, j: _big_png_header(20000, 20000), "too large"),
-    ("ct-dicom", lambda g, j: make_dicom(g.astype(np.float32), modality="CT"), "unsupported modality 'CT'"),
-    ("mr-dicom", lambda g, j: make_dicom(g.astype(np.float32), modality="MR"), "unsupported modality 'MR'"),
-    ("multiframe-dicom", lambda g, j: make_dicom(g.astype(np.float32), frames=3), "multi-frame"),
-    ("truncated-dicom", lambda g, j: make_dicom(g.astype(np.float32))[:3000], "DICOM"),
-]
-
-
-@pytest.mark.parametrize("name,make,reason", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_is_rejected_with_its_reason(gray, xray_jpeg, name, make, reason):
-    with pytest.raises(ImageError, match=reason):
-        decode_image(make(gray, xray_jpeg))
 
 
 def test_sniff_format():

@@ -18,43 +18,14 @@ from client.dicom_files import make_dicom
 from client.gateway.service import Gateway, GatewayConfig
 from cxr.pixels import decode_image
 from cxr.server import free_port
+from tests.gateway.conftest import GATEWAY_AET, results_by_class, wait_until
 from tests.gateway.pacs import Orthanc
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
-GATEWAY_AET = "CXRGW"
 
 
 def _cr(row, **kwargs) -> bytes:
     return make_dicom(decode_image(row.image.read_bytes()).pixels, **kwargs)
-
-
-def _results_by_class(orthanc: Orthanc, exclude: set[str]) -> dict[str, list[pydicom.Dataset]]:
-    out: dict[str, list] = {}
-    for instance in orthanc.instances():
-        ds = pydicom.dcmread(io.BytesIO(orthanc.file(instance)))
-        if ds.SOPInstanceUID not in exclude:
-            out.setdefault(str(ds.SOPClassUID), []).append(ds)
-    return out
-
-
-def _wait(predicate, timeout_s: float = 180.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
-@pytest.fixture
-def pacs_and_gateway(triton, tmp_path):
-    port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, port)
-    config = GatewayConfig(GATEWAY_AET, port, triton.grpc_url, f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
-                           tmp_path / "spool", allow_ae=(orthanc.aet, "STORESCU", "ECHOSCU"), host="127.0.0.1")
-    gateway = Gateway(config).start()
-    yield orthanc, gateway
-    gateway.stop()
-    orthanc.stop()
 
 
 def test_orthanc_sends_a_cr_and_gets_sr_seg_and_sc_back(pacs_and_gateway, test_rows):
@@ -64,7 +35,7 @@ def test_orthanc_sends_a_cr_and_gets_sr_seg_and_sc_back(pacs_and_gateway, test_r
     source = pydicom.dcmread(io.BytesIO(data))
     orthanc.send_to_gateway(orthanc.upload(data))
     orthanc.wait_for(4)
-    results = _results_by_class(orthanc, {source.SOPInstanceUID})
+    results = results_by_class(orthanc, {source.SOPInstanceUID})
     assert sorted(results) == sorted([EnhancedSRStorage, SegmentationStorage, SecondaryCaptureImageStorage])
     assert all(len(v) == 1 for v in results.values())
 
@@ -102,7 +73,7 @@ def test_non_chest_and_unreadable_studies_get_no_false_result(pacs_and_gateway, 
     ct = make_dicom(decode_image(test_rows[0].image.read_bytes()).pixels, modality="CT")
     ct_uid = pydicom.dcmread(io.BytesIO(ct)).SOPInstanceUID
     orthanc.send_to_gateway(orthanc.upload(ct))
-    _wait(lambda: gateway.spool.record(ct_uid) is not None, what="the CT to be handled")
+    wait_until(lambda: gateway.spool.record(ct_uid) is not None, what="the CT to be handled")
     assert gateway.spool.record(ct_uid)["outcome"] == "skipped" and "CT" in gateway.spool.record(ct_uid)["reason"]
 
     # A CR whose pixels the server cannot decode: the PACS gets an "AI result unavailable" SR, not silence.
@@ -111,10 +82,10 @@ def test_non_chest_and_unreadable_studies_get_no_false_result(pacs_and_gateway, 
     buffer = io.BytesIO()
     broken.save_as(buffer, enforce_file_format=True)
     orthanc.send_to_gateway(orthanc.upload(buffer.getvalue()))
-    _wait(lambda: gateway.spool.record(broken.SOPInstanceUID) is not None, what="the broken CR to be handled")
+    wait_until(lambda: gateway.spool.record(broken.SOPInstanceUID) is not None, what="the broken CR to be handled")
     record = gateway.spool.record(broken.SOPInstanceUID)
     assert record["outcome"] == "unavailable" and "bad image" in record["reason"]
-    srs = _results_by_class(orthanc, {ct_uid, broken.SOPInstanceUID}).get(EnhancedSRStorage, [])
+    srs = results_by_class(orthanc, {ct_uid, broken.SOPInstanceUID}).get(EnhancedSRStorage, [])
     assert len(srs) == 1
     assert any(i.TextValue.startswith("AI result unavailable: ") for i in srs[0].ContentSequence if i.ValueType == "TEXT")
 
@@ -135,7 +106,7 @@ def test_dcmtk_echo_and_store_and_the_allow_list(pacs_and_gateway, test_rows, tm
     stored = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", GATEWAY_AET, "127.0.0.1", port, str(path)],
                             capture_output=True, text=True)
     assert stored.returncode == 0, stored.stderr
-    _wait(lambda: gateway.spool.record(uid) is not None, what="the storescu image to be triaged")
+    wait_until(lambda: gateway.spool.record(uid) is not None, what="the storescu image to be triaged")
     assert gateway.spool.record(uid)["outcome"] == "result"
     intruder = subprocess.run(["storescu", "-aet", "INTRUDER", "-aec", GATEWAY_AET, "127.0.0.1", port, str(path)],
                               capture_output=True, text=True)
@@ -171,12 +142,12 @@ def test_killed_mid_batch_then_restarted_every_image_gets_exactly_one_package(tr
 
         second = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait(lambda: len(list((spool / "done").glob("*.json"))) == len(uids), timeout_s=300,
+            wait_until(lambda: len(list((spool / "done").glob("*.json"))) == len(uids), timeout_s=300,
                   what="every accepted image to be processed after the restart")
         finally:
             os.killpg(second.pid, signal.SIGTERM)
             second.wait(30)
-        results = _results_by_class(orthanc, set())
+        results = results_by_class(orthanc, set())
         srs = results[EnhancedSRStorage]
         referenced = [s.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
                       .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in srs]
@@ -198,4 +169,61 @@ def _wait_port(port: int, timeout_s: float = 60.0) -> None:
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    _wait(listening, timeout_s, f"the gateway on port {port}")
+    wait_until(listening, timeout_s, f"the gateway on port {port}")
+
+
+def test_triton_killed_and_restarted_under_gateway_load_loses_nothing(repository, test_rows, tmp_path):
+    """Instances keep arriving while Triton is down; afterwards each accepted one has exactly one result."""
+    import threading
+
+    from cxr.server import TritonServer
+    from tests.conftest import write_artifact
+    from tests.gateway.conftest import SCU_AET, c_store
+
+    ports = (free_port(), free_port(), free_port())
+    server = TritonServer(repository, *ports, log_path=tmp_path / "triton-1.log").start(timeout_s=240)
+    gateway_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, gateway_port)
+    config = GatewayConfig(GATEWAY_AET, gateway_port, server.grpc_url, f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+                           tmp_path / "spool", allow_ae=(SCU_AET,), host="127.0.0.1")
+    gateway = Gateway(config).start()
+    datasets = [pydicom.dcmread(io.BytesIO(_cr(row))) for row in test_rows[:16]]
+    uids = [ds.SOPInstanceUID for ds in datasets]
+    statuses: list[int] = []
+
+    def modality() -> None:  # four studies every 1.5 s, through the outage
+        for i in range(0, len(datasets), 4):
+            statuses.extend(c_store(gateway_port, datasets[i : i + 4]))
+            time.sleep(1.5)
+
+    sender = threading.Thread(target=modality)
+    try:
+        sender.start()
+        wait_until(lambda: len(list(gateway.spool.done.glob("*.json"))) >= 2, what="the first results")
+        os.killpg(server.process.pid, signal.SIGKILL)  # Triton and its stubs, mid-stream
+        server.process.wait()
+        killed_at = time.monotonic()
+        time.sleep(3)
+        server = TritonServer(repository, *ports, log_path=tmp_path / "triton-2.log").start(timeout_s=240)
+        outage_s = time.monotonic() - killed_at
+        sender.join()
+        wait_until(lambda: all(gateway.spool.record(u) for u in uids), timeout_s=300, what="every instance handled")
+        records = [gateway.spool.record(u) for u in uids]
+        srs = results_by_class(orthanc, set(uids)).get(EnhancedSRStorage, [])
+    finally:
+        gateway.stop()
+        server.stop()
+        orthanc.stop()
+    referenced = sorted(s.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+                        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in srs)
+    triton_failures = gateway.metrics.registry.get_sample_value("cxr_gateway_failed_total", {"stage": "triton"}) or 0
+    write_artifact("fault_triton_restart", {
+        "accepted": statuses.count(0), "results": sum(r["outcome"] == "result" for r in records),
+        "unavailable": sum(r["outcome"] == "unavailable" for r in records), "lost": len(set(uids) - set(referenced)),
+        "duplicates": len(referenced) - len(set(referenced)), "outage_s": round(outage_s, 1),
+        "gateway_waits_on_triton": triton_failures,
+    })
+    assert statuses == [0x0000] * len(datasets)
+    assert [r["outcome"] for r in records] == ["result"] * len(uids)
+    assert referenced == sorted(uids)  # exactly one SR per accepted instance: none lost, none twice
+    assert triton_failures >= 1, "the gateway never saw the outage: the kill came too late"

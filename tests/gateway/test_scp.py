@@ -60,3 +60,60 @@ def test_destination_must_name_aet_host_and_port():
     assert parse_destination("ORTHANC@10.0.0.5:4242") == ("ORTHANC", "10.0.0.5", 4242)
     with pytest.raises(ValueError, match="AET@HOST:PORT"):
         parse_destination("10.0.0.5:4242")
+
+
+def test_an_instance_that_keeps_failing_is_kept_aside_not_lost_nor_retried_forever(tmp_path):
+    from cxr.server import free_port
+    from tests.gateway.conftest import wait_until
+
+    config = GatewayConfig("CXRGW", free_port(), "localhost:1", "PACS@127.0.0.1:104", tmp_path / "spool",
+                           host="127.0.0.1", max_attempts=3, retry_wait_s=0.05)
+    gateway = Gateway(config)
+    gateway.spool.accept(b"this is not a DICOM file", "1.2.3.4")  # spooled, but unreadable when processed
+    gateway.start()
+    try:
+        wait_until(lambda: gateway.spool.record("1.2.3.4") is not None, timeout_s=30, what="the instance to be given up")
+    finally:
+        gateway.stop()
+    record = gateway.spool.record("1.2.3.4")
+    assert record["outcome"] == "failed" and record["reason"].startswith("processing failed 3 times")
+    assert [p.name.split("-", 2)[2] for p in gateway.spool.failed.iterdir()] == ["1.2.3.4.dcm"]  # kept for a person
+    assert gateway.spool.depth() == 0
+    assert gateway.metrics.registry.get_sample_value("cxr_gateway_failed_total", {"stage": "process"}) == 3
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs) for the spool; needs root (CAP_SYS_ADMIN), as on the CI machines."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the monkeypatched full-disk test still runs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk_refuses_c_store_and_recovers_when_space_returns(tiny_disk, xray_pixels):
+    """C-STOREs of 340 KB instances over the network into a 1 MiB spool: the ones that do not fit are refused."""
+    from cxr.server import free_port
+    from tests.gateway.conftest import SCU_AET, c_store
+
+    config = GatewayConfig("CXRGW", free_port(), "localhost:1", "PACS@127.0.0.1:104", tiny_disk / "spool",
+                           allow_ae=(SCU_AET,), host="127.0.0.1", workers=0)
+    gateway = Gateway(config).start()
+    try:
+        datasets = [pydicom.dcmread(io.BytesIO(make_dicom(xray_pixels))) for _ in range(5)]
+        statuses = c_store(config.port, datasets)
+        accepted = statuses.count(0x0000)
+        assert statuses == [0x0000] * accepted + [OUT_OF_RESOURCES] * (len(datasets) - accepted)
+        assert 1 <= accepted < len(datasets)
+        assert gateway.spool.depth() == accepted  # what was acknowledged is there; no partial files left behind
+        assert not [p for p in gateway.spool.incoming.iterdir() if p.name.endswith(".tmp")]
+
+        next(gateway.spool.incoming.glob("*.dcm")).unlink()  # space comes back (an operator, or a worker)
+        assert c_store(config.port, datasets[-1:]) == [0x0000]
+    finally:
+        gateway.stop()

@@ -4,17 +4,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from client.dicom_files import make_dicom
 from client.grpc_client import TriageClient
 from client.local_pipeline import LocalPipeline
 from cxr.labels import LABELS
 from cxr.specs import MODEL_SPECS
+from tests.corpus import CASES
 from tests.images import png_bytes
 
 pytestmark = pytest.mark.triton
@@ -44,36 +45,84 @@ def test_real_test_images_match_the_onnx_pipeline(client, repository, test_rows)
         assert 0.05 < s.lung_fraction < 0.9
 
 
-BAD = {
-    "truncated.jpg": (lambda jpeg, px: jpeg[: len(jpeg) // 3], "truncated or corrupt JPEG"),
-    "ct.dcm": (lambda jpeg, px: make_dicom(px, modality="CT"), "unsupported modality 'CT'"),
-    "1x1.png": (lambda jpeg, px: png_bytes(np.zeros((1, 1), np.uint8)), "too small"),
-    "random.bin": (lambda jpeg, px: np.random.default_rng(1).bytes(4096), "unrecognised image format"),
-    "empty": (lambda jpeg, px: b"", "empty input"),
-}
-
-
-def test_bad_inputs_get_clear_errors_while_good_ones_in_the_same_burst_succeed(client, triton, xray_jpeg, xray_pixels):
+def test_the_corpus_gets_clear_errors_while_good_images_in_the_same_burst_succeed(client, triton, corpus, corpus_source):
+    """Every corpus case (tests/corpus.py) over gRPC, each next to a good image so they share dynamic batches."""
+    reference = client.triage(png_bytes(corpus_source.gray), "reference")
     items = []
-    for name, (make, _) in BAD.items():
-        items += [(name, make(xray_jpeg, xray_pixels)), (f"good-{name}", xray_jpeg)]
-    results = {r.name: r for r in client.triage_many(items, concurrency=len(items))}
-    for name, (_, reason) in BAD.items():
-        assert results[name].error and reason in results[name].error, (name, results[name].error)
-        assert results[f"good-{name}"].error is None
+    for case in CASES:
+        items += [(case.name, corpus[case.name]), (f"good-{case.name}", corpus_source.jpeg)]
+    results = {r.name: r for r in client.triage_many(items, concurrency=16)}
+    for case in CASES:
+        got = results[case.name]
+        if case.error is not None:
+            assert got.error and case.error in got.error, (case.name, got.error)
+        else:
+            assert got.error is None, (case.name, got.error)
+            if case.same_picture:  # the same picture in another container: the same answer
+                assert got.label == reference.label, case.name
+                assert max(abs(got.probabilities[k] - reference.probabilities[k]) for k in LABELS) < 0.1, case.name
+        assert results[f"good-{case.name}"].error is None
     assert triton.is_ready() and client.is_ready()
 
 
-def test_wrong_tensor_from_a_raw_tritonclient_is_refused(triton, client):
+def test_oversized_message_from_a_raw_client_is_refused_by_the_server(triton, corpus):
+    """TriageClient refuses an 80 MB input before sending; a raw client with larger limits reaches the server."""
+    data = corpus["oversized-80mb"]
+    raw = grpcclient.InferenceServerClient(triton.grpc_url, channel_args=[("grpc.max_send_message_length", 2**30)])
+    inp = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[data]], dtype=object))
+    with pytest.raises(InferenceServerException, match="input too large: 83,"):
+        raw.infer("cxr_triage", [inp])
+    assert raw.is_server_ready()
+
+
+def _tensor(name: str, array: np.ndarray, datatype: str | None = None) -> grpcclient.InferInput:
+    datatype = datatype or {"f": "FP32", "i": "INT64", "O": "BYTES"}[array.dtype.kind]
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+_IMAGE = np.zeros((1, 1, 256, 256), np.float32)
+# (case, model, inputs, expected error): what a raw tritonclient can send wrong, below the image level
+RAW_TENSOR_CASES = [
+    ("fp32-instead-of-bytes", "cxr_triage", lambda: [_tensor("image_bytes", np.zeros((1, 1), np.float32))],
+     "data-type is 'FP32', but model 'cxr_triage' expects 'BYTES'"),
+    ("unknown-input-name", "cxr_triage", lambda: [_tensor("pixels", np.array([[b"x"]], dtype=object))],
+     "unexpected inference input 'pixels'"),
+    ("no-inputs", "cxr_triage", lambda: [], "missing required input(s) ['image_bytes']"),
+    ("two-elements-per-image", "cxr_triage", lambda: [_tensor("image_bytes", np.array([[b"a", b"b"]], dtype=object))],
+     "Expected [-1,1], got [1,2]"),
+    ("batch-above-max", "cxr_triage", lambda: [_tensor("image_bytes", np.array([[b"a"]] * 33, dtype=object))],
+     "batch-size must be <= 32"),
+    ("empty-batch", "cxr_triage", lambda: [_tensor("image_bytes", np.zeros((0, 1), dtype=object))],
+     "expected 1 string elements"),
+    ("wrong-image-size", "lung_segmentation", lambda: [_tensor("seg_image", np.zeros((1, 1, 100, 100), np.float32))],
+     "Expected [-1,1,256,256], got [1,1,100,100]"),
+    ("int64-image", "lung_segmentation", lambda: [_tensor("seg_image", _IMAGE.astype(np.int64))],
+     "data-type is 'INT64', but model 'lung_segmentation' expects 'FP32'"),
+    ("nan-image", "cxr_classifier", lambda: [_tensor("cls_image", np.full_like(_IMAGE, np.nan)), _tensor("lung_mask", _IMAGE)],
+     "input 'cls_image' has non-finite values (NaN or Inf)"),
+    ("inf-mask", "cxr_classifier", lambda: [_tensor("cls_image", _IMAGE), _tensor("lung_mask", np.full_like(_IMAGE, np.inf))],
+     "input 'lung_mask' has non-finite values (NaN or Inf)"),
+    ("inf-image", "lung_segmentation", lambda: [_tensor("seg_image", np.full_like(_IMAGE, -np.inf))],
+     "input 'seg_image' has non-finite values (NaN or Inf)"),
+]
+
+
+@pytest.mark.parametrize("case,model,inputs,error", RAW_TENSOR_CASES, ids=[c[0] for c in RAW_TENSOR_CASES])
+def test_wrong_tensors_from_a_raw_tritonclient_are_refused(triton, client, xray_jpeg, case, model, inputs, error):
+    """Each refused with its reason, while a good request sent at the same moment to the same model succeeds."""
     raw = grpcclient.InferenceServerClient(triton.grpc_url)
-    wrong = grpcclient.InferInput("image_bytes", [1, 1], "FP32")
-    wrong.set_data_from_numpy(np.zeros((1, 1), np.float32))
-    with pytest.raises(InferenceServerException, match="(?i)data.?type|datatype|expected"):
-        raw.infer("cxr_triage", [wrong])
-    unknown = grpcclient.InferInput("pixels", [1, 1], "BYTES")
-    unknown.set_data_from_numpy(np.array([[b"x"]], dtype=object))
-    with pytest.raises(InferenceServerException, match="pixels"):
-        raw.infer("cxr_triage", [unknown])
+    good_inputs = {"cxr_triage": lambda: [_tensor("image_bytes", np.array([[xray_jpeg]], dtype=object))],
+                   "lung_segmentation": lambda: [_tensor("seg_image", _IMAGE)],
+                   "cxr_classifier": lambda: [_tensor("cls_image", _IMAGE), _tensor("lung_mask", _IMAGE)]}[model]
+    with ThreadPoolExecutor(2) as pool:
+        good = pool.submit(raw.infer, model, good_inputs())
+        with pytest.raises(InferenceServerException) as refused:
+            raw.infer(model, inputs())
+        good.result()  # raises if the good request failed
+    assert error in refused.value.message()
     assert client.is_ready()
 
 

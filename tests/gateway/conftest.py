@@ -1,0 +1,60 @@
+"""Gateway fixtures: a real Orthanc PACS and the gateway between it and the session's Triton server."""
+from __future__ import annotations
+
+import io
+import time
+
+import pydicom
+import pytest
+
+from client.gateway.service import Gateway, GatewayConfig
+from cxr.server import free_port
+from tests.gateway.pacs import Orthanc
+
+GATEWAY_AET = "CXRGW"
+SCU_AET = "MODALITY"  # what the tests' own pynetdicom SCU calls itself
+
+
+def results_by_class(orthanc: Orthanc, exclude: set[str]) -> dict[str, list[pydicom.Dataset]]:
+    """Everything in Orthanc except ``exclude`` (SOP Instance UIDs), by SOP class."""
+    out: dict[str, list] = {}
+    for instance in orthanc.instances():
+        ds = pydicom.dcmread(io.BytesIO(orthanc.file(instance)))
+        if ds.SOPInstanceUID not in exclude:
+            out.setdefault(str(ds.SOPClassUID), []).append(ds)
+    return out
+
+
+def wait_until(predicate, timeout_s: float = 180.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def c_store(port: int, datasets: list[pydicom.Dataset], aet: str = SCU_AET) -> list[int]:
+    """Send datasets to the gateway in one association, each in its own transfer syntax; the statuses."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    for context in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}:
+        ae.add_requested_context(*context)
+    assoc = ae.associate("127.0.0.1", port, ae_title=GATEWAY_AET)
+    assert assoc.is_established, "the gateway refused the association"
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+@pytest.fixture
+def pacs_and_gateway(triton, tmp_path):
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, port)
+    config = GatewayConfig(GATEWAY_AET, port, triton.grpc_url, f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+                           tmp_path / "spool", allow_ae=(orthanc.aet, "STORESCU", "ECHOSCU", SCU_AET), host="127.0.0.1")
+    gateway = Gateway(config).start()
+    yield orthanc, gateway
+    gateway.stop()
+    orthanc.stop()

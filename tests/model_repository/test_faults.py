@@ -1,0 +1,92 @@
+"""Faults under load: python-backend stub processes killed while clients keep sending real images.
+
+Triton 2.51 does not restart a dead stub (the server stays "ready" while that instance fails every
+request); ``cxr.server.StubWatchdog`` reloads the model, and ``TriageClient`` retries the requests that hit
+the dead instance meanwhile. The test counts requests sent, failed and retried, and records them in
+build/test-artifacts/fault_stub_kill.json.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from client.grpc_client import TriageClient
+from cxr.server import TritonServer, free_port
+from tests.conftest import write_artifact
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+# (seconds into the load, model instance whose stub is killed): a model with two instances, then
+# single-instance models (every request to them fails until the reload) at the start and end of the ensemble
+KILLS = [(3.0, "cxr_preprocess_0_0"), (8.0, "lung_segmentation_0_0"), (13.0, "triage_router_0_1")]
+DURATION_S = 20.0
+CONCURRENCY = 8
+
+
+@pytest.fixture
+def server(repository, tmp_path):
+    server = TritonServer(repository, free_port(), free_port(), free_port(), log_path=tmp_path / "triton.log")
+    server.start(timeout_s=240)
+    yield server
+    server.stop()
+
+
+def test_killed_stubs_are_reloaded_and_retried_requests_all_succeed(server, test_rows):
+    images = [r.image.read_bytes() for r in test_rows[:24]]
+    client = TriageClient(server.grpc_url)
+    results, lock = [], threading.Lock()
+    stop_at = time.monotonic() + DURATION_S
+
+    def send(worker: int) -> None:
+        i = worker
+        while time.monotonic() < stop_at:
+            out = client.triage(images[i % len(images)], name=str(i))
+            with lock:
+                results.append(out)
+            i += CONCURRENCY
+
+    threads = [threading.Thread(target=send, args=(w,)) for w in range(CONCURRENCY)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    killed = []
+    for at, instance in KILLS:
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        pid = next(p for p in _stub_pids(server) if p[1] == instance)[0]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(instance)
+    for t in threads:
+        t.join()
+    client.close()
+
+    failed = [r for r in results if r.error is not None]
+    retried = [r for r in results if r.attempts > 1]
+    restarted = [model for model, _ in server.watchdog.restarts]
+    write_artifact("fault_stub_kill", {
+        "killed": killed, "requests": len(results), "failed": len(failed), "retried": len(retried),
+        "retries": sum(r.attempts - 1 for r in retried), "reloads": server.watchdog.restarts,
+        "concurrency": CONCURRENCY, "duration_s": DURATION_S,
+    })
+    assert not failed, failed[:3]
+    assert retried, "no request hit a dead stub: the kills did not land under load"
+    assert sorted(restarted) == sorted(k.rsplit("_", 2)[0] for k in killed)
+    assert not server.watchdog.dead_models() and server.is_ready()
+    assert len(results) > 50
+
+
+def _stub_pids(server: TritonServer) -> list[tuple[int, str]]:
+    import psutil
+
+    out = []
+    for child in psutil.Process(server.process.pid).children():
+        try:
+            argv = child.cmdline()
+        except psutil.ZombieProcess:  # a stub killed earlier: Triton never reaps it
+            continue
+        if argv and argv[0].endswith("triton_python_backend_stub"):
+            out.append((child.pid, argv[-2]))
+    return out
