@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml | s
 APT_PACKAGES := orthanc dcmtk chromium openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: system-packages setup demo test test-fast serve repository train train-seg train-cls train-cascade evaluate bench perf-analyzer int8 lock clean
+.PHONY: system-packages setup demo test test-fast serve repository train train-seg train-cls train-cascade evaluate bench perf-analyzer int8 soak lock clean
 
 setup: system-packages $(STAMP)
 
@@ -54,6 +54,10 @@ perf-analyzer: repository
 	$(PY) -m benchmarks.perf_analyzer
 int8: repository
 	$(PY) -m benchmarks.int8
+
+# Reliability (README "Reliability"): 10 minutes at concurrency 32; errors, p99 drift, server RSS growth.
+soak: repository
+	$(PY) -m benchmarks.soak --duration 600 --concurrency 32
 
 # Reproduce the shipped weights (about 40 + 22 + 22 minutes on 2 CPU cores).
 train: train-seg train-cls train-cascade

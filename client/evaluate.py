@@ -28,9 +28,11 @@ def _rows(manifest: Path, split: str | None) -> list[dict]:
 
 
 def evaluate(manifest: str | Path, split: str | None = "test", url: str | None = None,
-             repository: str | Path = "build/model_repository", batch_size: int = 8) -> dict:
+             repository: str | Path = "build/model_repository", batch_size: int = 8,
+             onnx_files: dict[str, str | Path] | None = None) -> dict:
     """Evaluate via ``url`` (served ensemble over gRPC) or, if ``url`` is None, via the ONNX files the
-    repository serves (``model.int8.onnx`` in a ``cpu-int8`` repository)."""
+    repository serves (``model.int8.onnx`` in a ``cpu-int8`` repository), or ``onnx_files`` in their place
+    (``{role: path}``: a candidate version, for the release gates)."""
     manifest = Path(manifest)
     rows = _rows(manifest, split)
     root = manifest.parent
@@ -51,7 +53,7 @@ def evaluate(manifest: str | Path, split: str | None = "test", url: str | None =
     else:
         from client.local_pipeline import LocalPipeline
 
-        pipeline = LocalPipeline(repository)
+        pipeline = LocalPipeline(repository, onnx_files=onnx_files)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             for res in pipeline.run_batch([(root / r["file"]).read_bytes() for r in chunk]):

@@ -36,21 +36,27 @@ class LocalResult:
 
 class LocalPipeline:
     """Args:
-        repository: a built model repository (its version 1 ONNX files, thresholds and build.json).
+        repository: a built model repository (the ONNX files, thresholds and model versions of the release it
+            serves).
         threads: ONNX Runtime intra-op threads per session.
         onnx_files: ``{role: path}`` to run other graphs (e.g. INT8) in place of the repository's.
     """
 
     def __init__(self, repository: str | Path, threads: int = 2, onnx_files: dict[str, str | Path] | None = None) -> None:
+        from export.release import RELEASE, serving_pins
+
         repository = Path(repository)
-        files = {spec.role: repository / spec.role / "1" / served_onnx_file(repository, spec.role)
+        pins = serving_pins(repository)
+        files = {spec.role: repository / spec.role / str(pins[spec.role]) / served_onnx_file(repository, spec.role)
                  for spec in (LUNG_SEGMENTATION, CLASSIFIER, COVID_STAGE2)}
         files.update(onnx_files or {})
         self.seg = cpu_session(files[LUNG_SEGMENTATION.role], threads)
         self.cls = cpu_session(files[CLASSIFIER.role], threads)
         self._stage2_file, self._stage2, self._threads = files[COVID_STAGE2.role], None, threads
-        self.thresholds = Thresholds.load(repository / ROUTER.role / "1" / "thresholds.json")
-        self.model_versions = json.loads((repository / "build.json").read_text())["model_versions"]
+        router = repository / ROUTER.role / str(pins[ROUTER.role])
+        self.thresholds = Thresholds.load(router / "thresholds.json")
+        release = json.loads((router / RELEASE).read_text())
+        self.release, self.model_versions = release["release"], release["model_versions"]
 
     def prepare(self, blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """Decode and preprocess (raises :class:`cxr.pixels.ImageError` on a bad image)."""
@@ -84,5 +90,6 @@ class LocalPipeline:
         for p, r in zip(probs, route_batch(probs, raw, cls_in, self.thresholds, lambda x: (self.stage2(x), None))):
             payload = r.result.to_dict()
             payload["model_versions"] = self.model_versions
+            payload["release"] = self.release
             results.append(LocalResult(p, r.mask, r.lung_fraction, payload))
         return results

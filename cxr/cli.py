@@ -11,7 +11,8 @@ import sys
 
 
 # Commands whose arguments go unparsed to ``<module>.main(argv)``.
-PASSTHROUGH = {"bench": "benchmarks.run", "flops": "benchmarks.flops", "report": "training.report"}
+PASSTHROUGH = {"bench": "benchmarks.run", "flops": "benchmarks.flops", "report": "training.report",
+               "models": "export.release"}
 
 
 def _admin_key(path: str) -> str:
@@ -160,14 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="served vs raw ONNX Runtime vs a naive Flask server (cxr bench --help)")
     sub.add_parser("flops", help="MACs/params of every model vs the papers' tables (cxr flops --json)")
     sub.add_parser("report", help="train/evaluate the papers' classifiers, write a Markdown table (cxr report --help)")
+    sub.add_parser("models", help="publish/gate/promote/roll back model releases (cxr models --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in PASSTHROUGH:
-        importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
-        return 0
+        result = importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
+        return result if isinstance(result, int) else 0  # `cxr models` returns its exit status
     args = build_parser().parse_args(argv)
     if getattr(args, "manifest", "unset") is None:
         from training.data.manifest import DEFAULT_MANIFEST

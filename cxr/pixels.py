@@ -22,6 +22,20 @@ class ImageError(ValueError):
     """An input that cannot be triaged; the message says what was wrong."""
 
 
+# Coarse kinds of refusal for metrics (message prefix -> kind); the message itself stays the detail.
+_KINDS = (("empty", "empty"), ("input too large", "too_large"), ("image too large", "too_large"),
+          ("image too small", "too_small"), ("unsupported modality", "not_a_radiograph"),
+          ("multi-frame", "unsupported"), ("unsupported", "unsupported"), ("unrecognised", "unsupported"),
+          ("DICOM without", "unsupported"), ("blank", "blank"), ("non-finite", "invalid_pixels"))
+REJECTION_KINDS = ("empty", "too_large", "too_small", "not_a_radiograph", "unsupported", "blank", "invalid_pixels",
+                   "corrupt")
+
+
+def rejection_kind(message: str) -> str:
+    """The metric label of an :class:`ImageError` message (``corrupt`` for truncated/undecodable files)."""
+    return next((kind for prefix, kind in _KINDS if message.startswith(prefix)), "corrupt")
+
+
 @dataclass(frozen=True)
 class Decoded:
     """A decoded image: ``pixels`` is ``(H, W)`` float32 in the file's own value range (higher = brighter)."""

@@ -31,6 +31,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,33 @@ def prepare_backends(work_dir: Path) -> Path:
         if not dst.exists() or dst.stat().st_size != src.stat().st_size:
             shutil.copy2(src, dst)
     return work_dir
+
+
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def remove_orphaned_shm(shm_dir: Path = Path("/dev/shm")) -> int:
+    """Delete python-backend shared-memory regions no live process maps (left by a killed Triton).
+
+    A SIGKILLed server never unlinks its regions (1-5 MB per model instance, growing with traffic); on a host
+    that restarts Triton after crashes they would fill ``/dev/shm``. Returns how many were removed.
+    """
+    regions = {p.name: p for p in shm_dir.glob(f"{SHM_PREFIX}*")} if shm_dir.is_dir() else {}
+    if not regions:
+        return 0
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:
+            continue  # the process ended, or is not ours to read (then its regions are not ours either)
+        mapped.update(name for name in regions if name in text)
+    removed = 0
+    for name, path in regions.items():
+        if name not in mapped:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def server_env() -> dict[str, str]:
@@ -154,6 +182,7 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=true",
+            "--metrics-config=summary_latencies=true",  # p50/p90/p99 per model (the dashboard's latency panel)
             "--model-control-mode=explicit",
             "--load-model=*",
             "--log-verbose=0",
@@ -169,6 +198,7 @@ class TritonServer:
         return flags + (self.tls.flags() if self.tls else [])
 
     def start(self, timeout_s: float = 180.0) -> "TritonServer":
+        remove_orphaned_shm()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
         self.wait_ready(timeout_s)
@@ -176,19 +206,10 @@ class TritonServer:
             self.watchdog.start()
         return self
 
-    def load_model(self, name: str, config: dict | None = None) -> None:
-        """(Re)load ``name`` through the repository API (with the admin key); returns when it is ready.
-
-        Triton skips a load whose files and config are unchanged; ``config`` overrides the model's JSON config.
-        """
-        import json
-
-        headers = {ADMIN_HEADER: self.admin_key, "Content-Type": "application/json"} if self.admin_key else {}
-        body = {"parameters": {"config": json.dumps(config)}} if config is not None else {}
-        request = urllib.request.Request(f"http://localhost:{self.http_port}/v2/repository/models/{name}/load",
-                                         data=json.dumps(body).encode(), method="POST", headers=headers)
-        with urllib.request.urlopen(request, timeout=300) as response:
-            response.read()
+    @property
+    def admin(self) -> "TritonAdmin":
+        """The repository API of this server (with its admin key)."""
+        return TritonAdmin(f"localhost:{self.http_port}", self.admin_key)
 
     def is_ready(self) -> bool:
         try:
@@ -208,13 +229,6 @@ class TritonServer:
         self.stop()
         raise ServerError(f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
 
-    def model_config(self, name: str) -> dict:
-        """The model's config as Triton serves it (JSON)."""
-        import json
-
-        with urllib.request.urlopen(f"http://localhost:{self.http_port}/v2/models/{name}/config", timeout=10) as response:
-            return json.loads(response.read())
-
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -224,14 +238,20 @@ class TritonServer:
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # the server's process group: stubs it did not stop (killed server, exit timeout) go too
+            os.killpg(self.process.pid, 9)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        remove_orphaned_shm()
 
     def wait(self) -> int:
         assert self.process is not None
@@ -244,12 +264,58 @@ class TritonServer:
         self.stop()
 
 
+class TritonAdmin:
+    """Triton's HTTP model-repository API (load with a config override, config, readiness), with the admin key.
+
+    Args:
+        http_url: ``HOST:PORT`` of Triton's HTTP endpoint.
+        admin_key: the key the restricted APIs need (``None`` when the server restricts nothing).
+    """
+
+    def __init__(self, http_url: str, admin_key: str | None = None) -> None:
+        self.base = f"http://{http_url}"
+        self.headers = {ADMIN_HEADER: admin_key} if admin_key else {}
+
+    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 600):
+        import json
+
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {**self.headers, "Content-Type": "application/json"} if data is not None else self.headers
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise ServerError(f"{method} {path}: HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
+        return json.loads(raw) if raw else {}
+
+    def model_config(self, name: str) -> dict:
+        """The model's config as Triton serves it (JSON)."""
+        return self._call("GET", f"/v2/models/{name}/config")
+
+    def load_model(self, name: str, config: dict | None = None) -> None:
+        """(Re)load ``name``; returns when it is loaded. Triton skips a load whose files and config are
+        unchanged; ``config`` overrides the model's config (e.g. a new ``version_policy``)."""
+        import json
+
+        body = {"parameters": {"config": json.dumps(config)}} if config is not None else {}
+        self._call("POST", f"/v2/repository/models/{name}/load", body)
+
+    def is_model_ready(self, name: str, version: int | None = None) -> bool:
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + "/ready"
+        try:
+            self._call("GET", path, timeout=10)
+            return True
+        except ServerError:
+            return False
+
+
 class StubWatchdog:
     """Reload a model when one of its python-backend stub processes has died (killed, OOM, crashed).
 
     After the server is ready it records every stub (one per model instance, named ``<model>_<i>_<j>``
     on the stub's command line); then every ``interval_s`` it checks them. A missing or zombie stub makes
-    it reload that model (:meth:`TritonServer.load_model`); in-flight requests on the other instances
+    it reload that model (:meth:`TritonAdmin.load_model`); in-flight requests on the other instances
     finish, requests that hit the dead instance until then fail fast and are retried by clients
     (:class:`client.grpc_client.TriageClient` retries them). ``restarts`` lists ``(model, seconds to
     ready again)``.
@@ -305,10 +371,11 @@ class StubWatchdog:
                 print(f"[cxr] stub watchdog: a {model} stub process died; reloading {model}", file=sys.stderr, flush=True)
                 try:
                     # Triton skips a load with an unchanged config: a restart counter parameter changes it
-                    config = self.server.model_config(model)
+                    admin = self.server.admin
+                    config = admin.model_config(model)
                     config.setdefault("parameters", {})["cxr_stub_restart"] = {"string_value": str(len(self.restarts) + 1)}
-                    self.server.load_model(model, config=config)
-                except OSError as exc:
+                    admin.load_model(model, config=config)
+                except (OSError, ServerError) as exc:
                     print(f"[cxr] stub watchdog: reloading {model} failed: {exc}", file=sys.stderr, flush=True)
                     continue
                 self.restarts.append((model, time.monotonic() - start))

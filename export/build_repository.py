@@ -5,7 +5,7 @@
 Each ONNX model is exported and parity-checked, every ``config.pbtxt`` is rendered from
 :mod:`cxr.specs`, the python models get their source and a copy of the ``cxr`` package beside them,
 so the folder can be copied to any Triton host (whose python needs numpy<2, Pillow, OpenCV, SciPy,
-pydicom and onnxruntime). ``cpu-int8`` adds the INT8 graphs (calibrated on train images from the
+pydicom and onnxruntime). The build is release 1 of the repository (see :mod:`export.release`). ``cpu-int8`` adds the INT8 graphs (calibrated on train images from the
 shared data); ``gpu-trt`` adds ``build_engines.sh``, which builds the TensorRT engines on the GPU host.
 """
 from __future__ import annotations
@@ -14,11 +14,13 @@ import argparse
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 from cxr.labels import LABELS
 from cxr.specs import ENSEMBLE_NAME, MODEL_SPECS, PREPROCESS, ROUTER
 from export.pbtxt import ONNX_FILES, PROFILES, render, repository_configs
+from export.release import VERSIONED, model_version_string, write_release
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO / "model_repository"
@@ -31,7 +33,8 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _vendor_cxr(version_dir: Path) -> None:
+def vendor_cxr(version_dir: Path) -> None:
+    """Copy the ``cxr`` package into a python model's version folder (the repository is self-contained)."""
     target = version_dir / "cxr"
     if target.exists():
         shutil.rmtree(target)
@@ -84,6 +87,24 @@ def _write_engine_script(out: Path) -> None:
     script.chmod(0o755)
 
 
+def _pin_serving_release(out: Path, release_1: dict) -> None:
+    """Create ``releases.json`` (release 1 = this build) on first build; pin the configs to the serving release.
+
+    Releases published later (``cxr models publish``) survive a rebuild: their versions are not touched and
+    the configs keep pinning whichever release serves.
+    """
+    from export.release import STATE, load_state, pins_of, save_state, write_configs
+
+    if (out / STATE).exists():
+        state = load_state(out)
+        state["releases"]["1"].update(release_1)
+    else:
+        state = {"serving": 1, "history": [{"release": 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}],
+                 "releases": {"1": {**release_1, "status": "serving", "note": "build_repository", "gates": []}}}
+    save_state(out, state)
+    write_configs(out, pins_of(state))
+
+
 def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | Path = WEIGHTS, threads: int = 2) -> dict:
     """Write the repository to ``out``; returns its build manifest (also written as ``out/build.json``)."""
     if profile not in PROFILES:
@@ -103,26 +124,26 @@ def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | P
         parity = _export(role, version_dir / "model.onnx", weights, digest, previous)
         if profile in ONNX_FILES:
             shutil.copy(SOURCES / "onnx_runtime" / "model.py", version_dir / "model.py")
-            _vendor_cxr(version_dir)
+            vendor_cxr(version_dir)
         else:
             (version_dir / "model.py").unlink(missing_ok=True)
             shutil.rmtree(version_dir / "cxr", ignore_errors=True)
-        versions[role] = f"{spec.name}@1:{digest[:12]}"
+        versions[role] = model_version_string(role, 1, digest)
         manifest["models"][role] = {"model": spec.name, "weights": spec.weights, "weights_sha256": digest, "parity": parity}
     if profile == "gpu-trt":
         _write_engine_script(out)
     (out / MODEL_SPECS["cxr_classifier"].role / "labels.txt").write_text("\n".join(LABELS) + "\n")
 
-    for step in (PREPROCESS, ROUTER):
-        version_dir = out / step.role / "1"
-        version_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SOURCES / step.role / "1" / "model.py", version_dir / "model.py")
-        _vendor_cxr(version_dir)
-    shutil.copy(THRESHOLDS, out / ROUTER.role / "1" / "thresholds.json")
+    version_dir = out / PREPROCESS.role / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SOURCES / PREPROCESS.role / "1" / "model.py", version_dir / "model.py")
+    vendor_cxr(version_dir)
+    release = write_release(out, 1, {role: 1 for role in VERSIONED}, THRESHOLDS, versions)  # release 1: this build
     (out / ENSEMBLE_NAME / "1").mkdir(parents=True, exist_ok=True)
 
-    for name, config in repository_configs(profile, versions, threads).items():
+    for name, config in repository_configs(profile, threads).items():
         (out / name / "config.pbtxt").write_text(render(config))
+    _pin_serving_release(out, release)
     manifest["model_versions"] = versions
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     if profile == "cpu-int8":  # calibration runs the finished FP32 pipeline

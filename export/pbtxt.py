@@ -13,7 +13,6 @@ Four profiles come from the same specs:
 """
 from __future__ import annotations
 
-import json
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -125,13 +124,13 @@ def ensemble_config(max_batch_size: int = 32) -> mc.ModelConfig:
     return config
 
 
-def repository_configs(profile: str, model_versions: dict[str, str], threads: int = 2) -> dict[str, mc.ModelConfig]:
-    """Every model's config for ``profile``, keyed by model name."""
+def repository_configs(profile: str, threads: int = 2) -> dict[str, mc.ModelConfig]:
+    """Every model's config for ``profile``, keyed by model name (versions are pinned by
+    :func:`export.release.write_configs`; the model versions a release reports are in its ``release.json``)."""
     configs = {spec.role: model_config(spec, profile, threads) for spec in MODEL_SPECS.values()}
     configs[PREPROCESS.role] = step_config(PREPROCESS)
     configs[ROUTER.role] = step_config(
-        ROUTER, {"thresholds_file": "thresholds.json", "model_versions": json.dumps(model_versions, sort_keys=True),
-                 "stage2_model": COVID_STAGE2.role}
+        ROUTER, {"thresholds_file": "thresholds.json", "stage2_model": COVID_STAGE2.role}
     )
     configs[ENSEMBLE_NAME] = ensemble_config()
     return configs

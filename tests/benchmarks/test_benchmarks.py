@@ -106,3 +106,30 @@ def test_flask_baseline_answers_like_the_pipeline_and_names_bad_input(repository
     assert [served[label] for label in LABELS] == pytest.approx(expected.probabilities.tolist(), abs=1e-3)
     bad = client.post("/triage", data=b"not an image")
     assert bad.status_code == 400 and "bad image" in bad.get_json()["error"]
+
+
+def test_soak_summary_compares_the_first_and_last_minute_after_warmup():
+    from benchmarks.soak import summarise as soak_summary
+
+    windows = [{"t_s": 10.0 * (i + 1), "answers": 100, "errors": 0, "img_s": 10.0, "p50_ms": 500.0,
+                "p99_ms": 1000.0 if i < 9 else 1200.0, "rss_mb": 2000.0, "pss_mb": 1000.0 + (60.0 if i >= 9 else 0.0),
+                "pss_by_process_mb": {"tritonserver": 300.0 + (60.0 if i >= 9 else 0.0)}} for i in range(15)]
+    summary = soak_summary(windows, ["boom"], 150.0, 32, 10.0, warmup_s=30.0)
+    assert summary["requests"] == 1501 and summary["errors"] == 1 and summary["first_error"] == "boom"
+    assert summary["p99_first_min_ms"] == 1000.0 and summary["p99_last_min_ms"] == 1200.0  # windows 4-9 vs 10-15
+    assert summary["p99_drift"] == pytest.approx(1.2) and summary["rss_growth"] == pytest.approx(0.06)
+    assert summary["goals_met"] == {"errors": False, "rss_growth": False}
+    assert summary["growth_by_process_mb"] == {"tritonserver": 60.0}
+
+
+@pytest.mark.triton
+def test_a_short_soak_against_the_server_records_every_window(triton, test_rows):
+    from benchmarks.soak import soak
+
+    blobs = [r.image.read_bytes() for r in test_rows[:8]]
+    result = soak(triton.grpc_url, triton.process.pid, blobs, duration_s=12, concurrency=4, window_s=3, warmup_s=3,
+                  log=lambda *_: None)
+    assert len(result["windows"]) == 4 and all(100 < w["pss_mb"] <= w["rss_mb"] for w in result["windows"])
+    assert {"tritonserver", "cxr_classifier_0_0"} <= set(result["windows"][0]["pss_by_process_mb"])
+    summary = result["summary"]
+    assert summary["errors"] == 0 and summary["requests"] > 4 and summary["p99_first_min_ms"] > 0

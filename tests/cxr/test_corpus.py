@@ -28,3 +28,19 @@ def test_each_case_gets_its_error_or_the_picture(case, corpus, corpus_source):
             small = cv2.resize(pixels, (128, 128), interpolation=cv2.INTER_AREA)
             source = cv2.resize(corpus_source.gray.astype(np.float32), (128, 128), interpolation=cv2.INTER_AREA)
             assert np.corrcoef(small.ravel(), source.ravel())[0, 1] > 0.99
+
+
+def test_refusals_are_counted_by_kind(corpus):
+    """The preprocess model labels its ``cxr_images_rejected`` metric with these kinds."""
+    from cxr.pixels import REJECTION_KINDS, rejection_kind
+
+    kinds = {}
+    for case in CASES:
+        if case.error is not None:
+            with pytest.raises(ImageError) as refused:
+                decode_image(corpus[case.name])
+            kinds[case.name] = rejection_kind(str(refused.value))
+    assert set(kinds.values()) <= set(REJECTION_KINDS)
+    assert kinds["empty"] == "empty" and kinds["dicom-ct"] == "not_a_radiograph" and kinds["png-1x1"] == "too_small"
+    assert kinds["png-claims-20000px"] == kinds["oversized-80mb"] == "too_large" and kinds["gif"] == "unsupported"
+    assert kinds["jpeg-truncated"] == "corrupt" and kinds["dicom-float-pixels-nan"] == "invalid_pixels"

@@ -1,4 +1,4 @@
-"""The GPU compose file is valid YAML and wired to what export/ writes (it cannot run here: no GPU, no Docker)."""
+"""The compose stack is valid YAML and wired together (it cannot run here: no GPU, no Docker engine)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,3 +27,30 @@ def test_engine_service_runs_the_script_build_repository_writes():
     assert engines["profiles"] == ["trt"]
     assert engines["command"][-1] == f"/models/{ENGINE_SCRIPT}"
     assert services["triton"]["depends_on"]["engines"]["condition"] == "service_completed_successfully"
+
+
+def test_full_stack_services_and_their_files():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert {"triton", "gateway", "orthanc", "prometheus", "grafana"} <= set(services)
+    for name, service in services.items():
+        depends = service.get("depends_on", {})
+        assert set(depends) <= set(services), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):  # bind mounts of this repository's files must exist
+                assert (COMPOSE.parent / source).exists(), (name, source)
+            elif not source.startswith("$"):
+                assert source in compose["volumes"], (name, source)
+    assert (COMPOSE.parent / services["gateway"]["build"]["context"] / services["gateway"]["build"]["dockerfile"]).exists()
+
+
+def test_prometheus_scrapes_the_ports_the_services_listen_on():
+    prometheus = yaml.safe_load((COMPOSE.parents[1] / "prometheus" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in prometheus["scrape_configs"]}
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    gateway_cmd = services["gateway"]["command"]
+    assert targets["triton"] == "triton:8002" and "8002:8002" in services["triton"]["ports"]
+    assert targets["gateway"] == f"gateway:{gateway_cmd[gateway_cmd.index('--metrics-port') + 1]}"
+    orthanc_modalities = services["orthanc"]["environment"]["ORTHANC__DICOM_MODALITIES"]
+    assert '"CXRGW", "gateway", 11112' in orthanc_modalities and "ORTHANC@orthanc:4242" in gateway_cmd

@@ -1,17 +1,23 @@
 """Every config.pbtxt is generated from the specs, parses as a Triton ModelConfig and wires consistently."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from cxr.specs import ENSEMBLE_NAME, ENSEMBLE_OUTPUTS, ENSEMBLE_STEPS, MODEL_SPECS, PREPROCESS, ROUTER
 from export.pbtxt import PROFILES, model_config, parse, render, repository_configs
 
 
-def test_built_repository_configs_equal_the_rendered_specs(repository):
-    versions = json.loads((repository / "build.json").read_text())["model_versions"]
-    expected = repository_configs("cpu", versions)
+def test_built_repository_configs_equal_the_rendered_specs_pinned_to_the_serving_release(repository):
+    from export.release import serving_pins
+
+    expected = repository_configs("cpu")
+    pins = serving_pins(repository)
+    for name, config in expected.items():
+        if name == ENSEMBLE_NAME:
+            for step in config.ensemble_scheduling.step:
+                step.model_version = pins[step.model_name]
+        else:
+            config.version_policy.specific.versions[:] = [pins[name]]
     found = {p.parent.name: parse(p.read_text()) for p in repository.glob("*/config.pbtxt")}
     assert found.keys() == expected.keys()
     for name, config in expected.items():
@@ -20,7 +26,7 @@ def test_built_repository_configs_equal_the_rendered_specs(repository):
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_render_and_parse(profile):
-    for name, config in repository_configs(profile, {"x": "1"}).items():
+    for name, config in repository_configs(profile).items():
         assert parse(render(config)) == config, name
 
 
@@ -76,7 +82,7 @@ def test_engine_build_without_onnx_names_the_missing_file(tmp_path):
 
 def test_ensemble_wiring_is_consistent():
     """Every step input is produced earlier (or is the request), every ensemble output is produced."""
-    configs = repository_configs("cpu", {})
+    configs = repository_configs("cpu")
     available = {t.name for t in configs[ENSEMBLE_NAME].input}
     for role, inputs, outputs in ENSEMBLE_STEPS:
         step = configs[role]

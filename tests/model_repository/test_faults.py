@@ -32,7 +32,7 @@ def server(repository, tmp_path):
     server = TritonServer(repository, free_port(), free_port(), free_port(), log_path=tmp_path / "triton.log")
     server.start(timeout_s=240)
     yield server
-    server.stop()
+    server.stop(timeout_s=10)  # Triton waits its full exit timeout on the instances whose stubs were killed
 
 
 def test_killed_stubs_are_reloaded_and_retried_requests_all_succeed(server, test_rows):

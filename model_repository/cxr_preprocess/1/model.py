@@ -2,12 +2,12 @@
 
 A thin adapter over :func:`cxr.preprocess.prepare_bytes`, the same code the training datasets use.
 A request with an image that cannot be triaged gets its own error response naming the problem;
-other requests in the same batch are unaffected.
+other requests in the same batch are unaffected. Refusals are counted by kind (``cxr_images_rejected``).
 """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from cxr.pixels import ImageError
+from cxr.pixels import REJECTION_KINDS, ImageError, rejection_kind
 from cxr.preprocess import prepare_bytes
 from cxr.specs import MODEL_SPECS, PREPROCESS
 
@@ -20,6 +20,9 @@ class TritonPythonModel:
             spec = next(s for s in MODEL_SPECS.values() if out.name in {t.name for t in s.inputs})
             self.specs.append((out.name, spec))
         self.input_name = PREPROCESS.inputs[0].name
+        self.rejected_family = pb_utils.MetricFamily("cxr_images_rejected", "Images refused by the decoder, by reason",
+                                                     pb_utils.MetricFamily.COUNTER)  # must outlive its metrics
+        self.rejected = {kind: self.rejected_family.Metric(labels={"reason": kind}) for kind in REJECTION_KINDS}
 
     def execute(self, requests):
         responses = []
@@ -33,6 +36,7 @@ class TritonPythonModel:
                 ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except ImageError as exc:
+                _count(self.rejected[rejection_kind(str(exc))])
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad image: {exc}")))
             except Exception as exc:  # never let one request take the model down
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocess failed: {exc!r}")))
@@ -45,3 +49,10 @@ def _as_bytes(blob) -> bytes:
     if isinstance(blob, np.ndarray):
         return blob.tobytes()
     return bytes(blob)
+
+
+def _count(metric):
+    try:  # a metric never fails a request
+        metric.increment(1)
+    except Exception:
+        pass

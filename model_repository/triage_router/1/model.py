@@ -4,18 +4,28 @@ It is the ensemble's last step and also passes the classifier's probabilities an
 ensemble output comes from here (see :data:`cxr.specs.ROUTER`).
 
 :func:`cxr.cascade.route_batch` cleans the lung mask (MANet post-processing), computes lung coverage and
-applies the site thresholds (``thresholds.json`` beside this file, a versioned release). When the first stage
+applies the site thresholds (``thresholds.json`` beside this file; this version folder is one release). When the first stage
 finds viral/covid likely, it runs the Cascade-SEMEnet stage-2 model ``covid_stage2`` on the lung-only images,
 here with BLS, one call for all such studies of the batch; other studies do not pay for it. The result
 records which models ran.
+
+Shadow mode: with the parameters ``shadow_model``/``shadow_version``/``shadow_fraction`` (set by
+``cxr models shadow``), a sampled fraction of studies is also sent to that candidate classifier version (BLS,
+same inputs as the serving classifier got); its answer is never returned, only compared:
+``cxr_shadow_comparisons{label, agree}`` counts agreement of the top finding per serving label.
+
+Custom metrics (python backend metrics API, on Triton's :8002 beside its own): studies per priority and per
+top finding, a histogram of every class probability, how often stage 2 ran (or failed), shadow agreement.
 """
 import json
 import os
+import random
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cxr.cascade import route_batch
+from cxr.labels import LABELS
 from cxr.specs import COVID_STAGE2, ROUTER
 from cxr.triage import Thresholds
 
@@ -26,9 +36,16 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         model_dir = os.path.join(args["model_repository"], args["model_version"])
         self.thresholds = Thresholds.load(os.path.join(model_dir, params.get("thresholds_file", "thresholds.json")))
-        self.model_versions = json.loads(params.get("model_versions", "{}"))
+        # This router version is one release: it pins the model versions (reported with every result) and
+        # the stage-2 version it calls (export/release.py writes it).
+        with open(os.path.join(model_dir, "release.json")) as f:
+            release = json.load(f)
+        self.release, self.model_versions = release["release"], release["model_versions"]
         self.stage2_model = params.get("stage2_model", COVID_STAGE2.role)
+        self.stage2_version = int(release["models"][self.stage2_model])
         self.input_names = [t.name for t in ROUTER.inputs]
+        self.metrics = RouterMetrics()
+        self.shadow = Shadow.from_params(params, self.metrics)
 
     def execute(self, requests):
         responses = []
@@ -43,10 +60,14 @@ class TritonPythonModel:
 
     def _route(self, probs, cam, raw_masks, cls_images):
         routed = route_batch(probs, raw_masks, cls_images, self.thresholds, self._stage2, self.stage2_model)
+        if self.shadow is not None:
+            self.shadow.compare(probs, raw_masks, cls_images)  # never raises: the shadow cannot fail a request
         labels, payloads = [], []
         for r in routed:
             payload = r.result.to_dict()
             payload["model_versions"] = self.model_versions
+            payload["release"] = self.release
+            self.metrics.observe(payload, probs[len(labels)])
             labels.append(r.result.top_finding.encode())
             payloads.append(json.dumps(payload).encode())
         return [
@@ -62,6 +83,7 @@ class TritonPythonModel:
         """Covid probabilities from the stage-2 model (BLS), or ``(None, error)``."""
         request = pb_utils.InferenceRequest(
             model_name=self.stage2_model,
+            model_version=self.stage2_version,
             requested_output_names=["stage2_probabilities"],
             inputs=[pb_utils.Tensor(COVID_STAGE2.inputs[0].name, images.astype(np.float32))],
         )
@@ -70,3 +92,83 @@ class TritonPythonModel:
             return None, response.error().message()
         probs = pb_utils.get_output_tensor_by_name(response, "stage2_probabilities").as_numpy()
         return probs[:, COVID_STAGE2.labels.index("covid")], None
+
+
+class Shadow:
+    """Send a sampled fraction of studies to a candidate classifier version; count agreement, return nothing."""
+
+    def __init__(self, model, version, fraction, metrics):
+        self.model, self.version, self.fraction, self.metrics = model, version, fraction, metrics
+
+    @classmethod
+    def from_params(cls, params, metrics):
+        if not params.get("shadow_model") or float(params.get("shadow_fraction", "0")) <= 0:
+            return None
+        return cls(params["shadow_model"], int(params["shadow_version"]), float(params["shadow_fraction"]), metrics)
+
+    def compare(self, probs, raw_masks, cls_images):
+        try:
+            self._compare(probs, raw_masks, cls_images)
+        except Exception:  # e.g. the candidate is being unloaded while this instance still shadows
+            self.metrics.count(self.metrics.shadow_errors)
+
+    def _compare(self, probs, raw_masks, cls_images):
+        sampled = [i for i in range(len(probs)) if random.random() < self.fraction]
+        if not sampled:
+            return
+        request = pb_utils.InferenceRequest(
+            model_name=self.model, model_version=self.version, requested_output_names=["probabilities"],
+            inputs=[pb_utils.Tensor("cls_image", cls_images[sampled].astype(np.float32)),
+                    pb_utils.Tensor("lung_mask", raw_masks[sampled].astype(np.float32))])
+        response = request.exec()
+        if response.has_error():
+            self.metrics.count(self.metrics.shadow_errors)
+            return
+        candidate = pb_utils.get_output_tensor_by_name(response, "probabilities").as_numpy()
+        for k, i in enumerate(sampled):
+            serving, other = LABELS[int(np.argmax(probs[i]))], LABELS[int(np.argmax(candidate[k]))]
+            self.metrics.count(self.metrics.shadow[(serving, serving == other)])
+
+
+class RouterMetrics:
+    """The router's Prometheus metrics (names are what deploy/grafana's dashboard queries)."""
+
+    BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+
+    def __init__(self):
+        counter, histogram = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.HISTOGRAM
+        self.priority_family = pb_utils.MetricFamily("cxr_triage_priority", "Studies triaged, by priority", counter)
+        self.finding_family = pb_utils.MetricFamily("cxr_triage_finding", "Studies triaged, by top finding", counter)
+        self.probability_family = pb_utils.MetricFamily("cxr_class_probability", "Class probabilities", histogram)
+        self.stage2_family = pb_utils.MetricFamily("cxr_cascade_stage2", "Cascade stage 2 runs, by outcome", counter)
+        self.priority = {p: self.priority_family.Metric(labels={"priority": p}) for p in ("urgent", "expedited", "routine")}
+        self.finding = {label: self.finding_family.Metric(labels={"label": label}) for label in LABELS}
+        self.probability = {label: self.probability_family.Metric(labels={"label": label}, buckets=self.BUCKETS)
+                            for label in LABELS}
+        self.stage2 = {o: self.stage2_family.Metric(labels={"outcome": o}) for o in ("run", "skipped", "failed")}
+        self.shadow_family = pb_utils.MetricFamily(
+            "cxr_shadow_comparisons", "Shadow candidate vs serving top finding, by serving label", counter)
+        self.shadow = {(label, agree): self.shadow_family.Metric(labels={"label": label, "agree": str(agree).lower()})
+                       for label in LABELS for agree in (True, False)}
+        # a family must outlive its metrics: keep a reference to every one
+        self.shadow_errors_family = pb_utils.MetricFamily("cxr_shadow_errors", "Shadow requests that failed", counter)
+        self.shadow_errors = self.shadow_errors_family.Metric(labels={})
+
+    @staticmethod
+    def count(metric, value=1):
+        """Metrics never fail a request (during a reload Triton may already have dropped an old instance's)."""
+        try:
+            metric.increment(value)
+        except Exception:
+            pass
+
+    def observe(self, payload, probabilities):
+        try:
+            self.priority[payload["priority"]].increment(1)
+            self.finding[payload["top_finding"]].increment(1)
+            for label, p in zip(LABELS, probabilities):
+                self.probability[label].observe(float(p))
+            cascade = payload.get("cascade")
+            self.stage2["skipped" if cascade is None else "failed" if cascade.get("error") else "run"].increment(1)
+        except Exception:
+            pass  # metrics never fail a request (see count)

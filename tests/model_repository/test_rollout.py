@@ -1,0 +1,174 @@
+"""Model releases under continuous load: publish (gates), promote, roll back, with zero failed requests.
+
+The server runs on a copy of the built repository in explicit model-control mode. Candidate classifiers are
+the shipped weights with the classifier head nudged (a real, different model that keeps its accuracy) and
+with the head zeroed (a broken one the quality gate must stop). Requests sent/failed and the releases each
+answer came from are recorded in build/test-artifacts/rollout.json.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import threading
+import time
+
+import pytest
+
+from client.grpc_client import TriageClient
+from cxr.server import TritonServer, free_port
+from cxr.specs import CLASSIFIER
+from export.release import Rollout, load_state, publish, publish_thresholds
+from tests.conftest import REPO, write_artifact
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+
+def _weights(tmp_path, name: str, edit) -> str:
+    import torch
+
+    checkpoint = torch.load(REPO / "weights" / CLASSIFIER.weights, map_location="cpu", weights_only=False)
+    edit(checkpoint["state_dict"])
+    path = tmp_path / f"{name}.pt"
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def _gate_manifest(data_dir, tmp_path, n: int = 40) -> str:
+    """The first ``n`` test rows (the gates' own default is the whole test split; this keeps the test short)."""
+    with (data_dir / "manifest.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r["split"] == "test"][:n]
+        fields = reader.fieldnames
+    path = data_dir / "manifest.csv"  # image paths are relative to the manifest's folder: write beside a link
+    out = tmp_path / "gate" / "manifest.csv"
+    out.parent.mkdir()
+    for entry in path.parent.iterdir():
+        if entry.name != "manifest.csv":
+            (out.parent / entry.name).symlink_to(entry)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(out)
+
+
+class Load:
+    """Clients sending real images without pause; every answer's release (or error) is kept."""
+
+    def __init__(self, url: str, images: list[bytes], clients: int = 3) -> None:
+        self.client = TriageClient(url, outputs=("triage",))
+        self.images, self.answers, self.stop = images, [], threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(clients)]
+
+    def _run(self, k: int) -> None:
+        i = k
+        while not self.stop.is_set():
+            out = self.client.triage(self.images[i % len(self.images)])
+            self.answers.append((time.monotonic(), out.error, out.triage.get("release"), out.attempts))
+            i += len(self.threads)
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+        self.client.close()
+
+
+def test_publish_promote_rollback_under_load_without_a_failed_request(repository, test_rows, data_dir, tmp_path):
+    import torch
+
+    repo = tmp_path / "model_repository"
+    shutil.copytree(repository, repo)
+    manifest = _gate_manifest(data_dir, tmp_path)
+    nudged = _weights(tmp_path, "nudged", lambda sd: sd["backbone.classifier.bias"].add_(torch.tensor(0.01).half()))
+    broken = _weights(tmp_path, "broken", lambda sd: (sd["backbone.classifier.weight"].zero_(), sd["backbone.classifier.bias"].zero_()))
+
+    server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "triton.log").start(timeout_s=240)
+    rollout = Rollout(repo, server.admin)
+    marks = {}
+    try:
+        with Load(server.grpc_url, [r.image.read_bytes() for r in test_rows[:16]]) as load:
+            time.sleep(3)
+            rejected = publish(repo, CLASSIFIER.role, broken, manifest=manifest)
+            good = publish(repo, CLASSIFIER.role, nudged, manifest=manifest)
+            shadowed = rollout.shadow(good["version"], fraction=1.0)  # every study also to the candidate
+            time.sleep(3)
+            comparisons = _shadow_comparisons(server)
+            rollout.shadow(good["version"], fraction=0)
+            marks["promote"] = time.monotonic()
+            promoted = rollout.promote()
+            marks["promoted"] = time.monotonic()
+            time.sleep(4)
+            marks["rollback"] = time.monotonic()
+            rolled_back = rollout.rollback()
+            marks["rolled_back"] = time.monotonic()
+            time.sleep(4)
+        state = load_state(repo)
+    finally:
+        server.stop()
+
+    answers = load.answers
+    failed = [a for a in answers if a[1] is not None]
+    write_artifact("rollout", {
+        "requests": len(answers), "failed": len(failed), "retried": sum(a[3] > 1 for a in answers),
+        "rejected_gates": rejected["gates"], "published_release": good["release"], "promoted": promoted,
+        "shadow": {**shadowed, "comparisons": comparisons},
+        "rolled_back": rolled_back,
+        "releases_answered": {str(r): sum(a[2] == r for a in answers) for r in sorted({a[2] for a in answers if a[2]})},
+    })
+    # the broken model was stopped by the quality gate; nothing changed for the server
+    assert rejected["release"] is None
+    assert {g["name"]: g["passed"] for g in rejected["gates"]} == {"parity": True, "quality": False, "latency": True}
+    assert (repo / CLASSIFIER.role / str(rejected["version"]) / "manifest.json").exists()
+    # the nudged one passed, became release 2, served, and was rolled back to release 1
+    assert good["release"] == 2 and all(g["passed"] for g in good["gates"])
+    assert promoted["changed"] == {CLASSIFIER.role: [1, good["version"]], "triage_router": [1, 2]}
+    assert rolled_back["serving"] == 1 and state["serving"] == 1
+    assert [h["release"] for h in state["history"]] == [1, 2, 1]
+    assert not failed, failed[:3]
+    # shadowing compared studies with the candidate but every answer before the promotion is release 1's
+    assert sum(comparisons.values()) > 0 and comparisons.get("agree", 0) > comparisons.get("disagree", 0)
+    # answers before the promotion came from release 1, between promotion and rollback from release 2
+    before = [a[2] for a in answers if a[0] < marks["promote"]]
+    during = [a[2] for a in answers if marks["promoted"] + 0.5 < a[0] < marks["rollback"]]
+    after = [a[2] for a in answers if a[0] > marks["rolled_back"] + 0.5]
+    assert before and set(before) == {1} and during and set(during) == {2} and after and set(after) == {1}
+
+
+def test_thresholds_are_a_release_of_their_own(repository, tmp_path):
+    repo = tmp_path / "model_repository"
+    shutil.copytree(repository, repo)
+    thresholds = json.loads((REPO / "configs" / "triage_thresholds.json").read_text())
+    thresholds["version"] = "site-test.1"
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps(thresholds))
+    release = publish_thresholds(repo, path)
+    state = load_state(repo)
+    assert state["serving"] == 1 and state["releases"][str(release)]["thresholds_version"] == "site-test.1"
+    assert state["releases"][str(release)]["models"]["cxr_classifier"] == state["releases"]["1"]["models"]["cxr_classifier"]
+    router = repo / "triage_router" / str(release)
+    assert json.loads((router / "thresholds.json").read_text())["version"] == "site-test.1"
+    with pytest.raises(ValueError):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"version": "x", "urgent": {"nonsense": 1}}))
+        publish_thresholds(repo, bad)
+
+
+def _shadow_comparisons(server) -> dict[str, float]:
+    """``cxr_shadow_comparisons`` summed over labels: {"agree": n, "disagree": m}."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://localhost:{server.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for agree, value in re.findall(r'^cxr_shadow_comparisons\{[^}]*agree="(true|false)"[^}]*\} (\S+)$', text, re.M):
+        key = "agree" if agree == "true" else "disagree"
+        totals[key] = totals.get(key, 0) + float(value)
+    return totals
