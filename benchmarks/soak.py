@@ -93,8 +93,16 @@ def soak(grpc_url: str, server_pid: int, blobs: list[bytes], duration_s: float, 
             recorder.add((time.perf_counter() - start) * 1e3, out.error)
             i += concurrency
 
+    memory_samples: list[dict] = []
+
+    def sample_memory() -> None:  # every 2 s: a window's memory is the mean of its samples, not one instant
+        while not stop.is_set():
+            memory_samples.append(server_memory(server_pid))
+            stop.wait(2.0)
+
     for blob in blobs[:4]:
         client.triage(blob)  # first calls pay one-off costs (sessions, allocations)
+    threading.Thread(target=sample_memory, daemon=True).start()
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
     started = time.monotonic()
     for thread in threads:
@@ -105,7 +113,8 @@ def soak(grpc_url: str, server_pid: int, blobs: list[bytes], duration_s: float, 
         latencies, errors = recorder.take()
         all_errors += errors
         elapsed = time.monotonic() - started
-        memory = server_memory(server_pid)
+        taken, memory_samples[:] = list(memory_samples), []
+        memory = _mean_memory(taken) if taken else server_memory(server_pid)
         row = {"t_s": round(elapsed, 1), "answers": len(latencies), "errors": len(errors),
                "img_s": len(latencies) / window_s, "rss_mb": memory["rss"], "pss_mb": memory["pss"],
                "pss_by_process_mb": memory["by_process"]}
@@ -120,6 +129,12 @@ def soak(grpc_url: str, server_pid: int, blobs: list[bytes], duration_s: float, 
         thread.join(timeout=120)
     client.close()
     return {"summary": summarise(windows, all_errors, duration_s, concurrency, window_s, warmup_s), "windows": windows}
+
+
+def _mean_memory(samples: list[dict]) -> dict:
+    names = set().union(*(s["by_process"] for s in samples))
+    return {"rss": float(np.mean([s["rss"] for s in samples])), "pss": float(np.mean([s["pss"] for s in samples])),
+            "by_process": {n: round(float(np.mean([s["by_process"].get(n, 0.0) for s in samples])), 1) for n in names}}
 
 
 def summarise(windows: list[dict], errors: list[str], duration_s: float, concurrency: int, window_s: float,
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     repository = ensure_repository(args.profile)
     blobs = benchmark_images()
-    log = (lambda *_: None) if args.json else print
+    log = (lambda *_, **__: None) if args.json else print
     log(f"soak: {args.profile} profile, {args.concurrency} clients, {args.duration:.0f} s, {len(blobs)} real images")
     with TritonServer(repository, free_port(), free_port(), free_port()) as server:
         result = soak(server.grpc_url, server.process.pid, blobs, args.duration, args.concurrency, args.window, log=log)

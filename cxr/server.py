@@ -124,6 +124,11 @@ def server_env() -> dict[str, str]:
     libs = [sysconfig.get_config_var("LIBDIR"), str(pytriton_root().parent / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # glibc malloc: a fixed mmap threshold sends every large buffer (images, batches) to mmap, so freeing it
+    # returns the memory (the default threshold rises after the first large frees, and varying batch sizes then
+    # fragment the heap); two arenas per process instead of 8 per core. Overridable from the environment.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     return env
 
 

@@ -128,7 +128,7 @@ def test_a_short_soak_against_the_server_records_every_window(triton, test_rows)
 
     blobs = [r.image.read_bytes() for r in test_rows[:8]]
     result = soak(triton.grpc_url, triton.process.pid, blobs, duration_s=12, concurrency=4, window_s=3, warmup_s=3,
-                  log=lambda *_: None)
+                  log=lambda *_, **__: None)
     assert len(result["windows"]) == 4 and all(100 < w["pss_mb"] <= w["rss_mb"] for w in result["windows"])
     assert {"tritonserver", "cxr_classifier_0_0"} <= set(result["windows"][0]["pss_by_process_mb"])
     summary = result["summary"]
