@@ -54,7 +54,7 @@ def _gate_manifest(data_dir, tmp_path, n: int = 40) -> str:
 
 
 class Load:
-    """Clients sending real images without pause; every answer's release (or error) is kept."""
+    """Clients sending real images without pause; every answer's (sent, answered, error, release, attempts)."""
 
     def __init__(self, url: str, images: list[bytes], clients: int = 3) -> None:
         self.client = TriageClient(url, outputs=("triage",))
@@ -64,8 +64,9 @@ class Load:
     def _run(self, k: int) -> None:
         i = k
         while not self.stop.is_set():
+            start = time.monotonic()
             out = self.client.triage(self.images[i % len(self.images)])
-            self.answers.append((time.monotonic(), out.error, out.triage.get("release"), out.attempts))
+            self.answers.append((start, time.monotonic(), out.error, out.triage.get("release"), out.attempts))
             i += len(self.threads)
 
     def __enter__(self) -> "Load":
@@ -114,13 +115,13 @@ def test_publish_promote_rollback_under_load_without_a_failed_request(repository
         server.stop()
 
     answers = load.answers
-    failed = [a for a in answers if a[1] is not None]
+    failed = [a for a in answers if a[2] is not None]
     write_artifact("rollout", {
-        "requests": len(answers), "failed": len(failed), "retried": sum(a[3] > 1 for a in answers),
+        "requests": len(answers), "failed": len(failed), "retried": sum(a[4] > 1 for a in answers),
         "rejected_gates": rejected["gates"], "published_release": good["release"], "promoted": promoted,
         "shadow": {**shadowed, "comparisons": comparisons},
         "rolled_back": rolled_back,
-        "releases_answered": {str(r): sum(a[2] == r for a in answers) for r in sorted({a[2] for a in answers if a[2]})},
+        "releases_answered": {str(r): sum(a[3] == r for a in answers) for r in sorted({a[3] for a in answers if a[3]})},
     })
     # the broken model was stopped by the quality gate; nothing changed for the server
     assert rejected["release"] is None
@@ -134,10 +135,11 @@ def test_publish_promote_rollback_under_load_without_a_failed_request(repository
     assert not failed, failed[:3]
     # shadowing compared studies with the candidate but every answer before the promotion is release 1's
     assert sum(comparisons.values()) > 0 and comparisons.get("agree", 0) > comparisons.get("disagree", 0)
-    # answers before the promotion came from release 1, between promotion and rollback from release 2
-    before = [a[2] for a in answers if a[0] < marks["promote"]]
-    during = [a[2] for a in answers if marks["promoted"] + 0.5 < a[0] < marks["rollback"]]
-    after = [a[2] for a in answers if a[0] > marks["rolled_back"] + 0.5]
+    # a request runs on the release it was sent to: answered before the promotion began -> release 1; sent after
+    # it finished and answered before the rollback began -> release 2; sent after the rollback finished -> 1
+    before = [a[3] for a in answers if a[1] < marks["promote"]]
+    during = [a[3] for a in answers if a[0] > marks["promoted"] and a[1] < marks["rollback"]]
+    after = [a[3] for a in answers if a[0] > marks["rolled_back"]]
     assert before and set(before) == {1} and during and set(during) == {2} and after and set(after) == {1}
 
 
