@@ -23,19 +23,17 @@ from cxr.pixels import MAX_BYTES, ImageError, check_encoded_size
 from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
 
 DEFAULT_OUTPUTS = ("label", "triage", "lung_fraction", "probabilities")
+MAX_MESSAGE_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, plus the rest of the message
 # Errors worth retrying: the server is unreachable or restarting, or a model instance's stub died and is
 # being reloaded (cxr.server.StubWatchdog). Inference is a pure function of the image, so a retry is safe.
 TRANSIENT = ("UNAVAILABLE", "failed to connect", "Socket closed", "Connection refused", "Connection reset",
              "is not healthy", "is not ready", "Request for unknown model")
-
-
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 
 def is_transient(error: str) -> bool:
     """Whether a failed request may succeed if sent again (never true for a rejected image)."""
     return not error.startswith("bad image") and any(t in error for t in TRANSIENT)
-MAX_MESSAGE_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, plus the rest of the message
 
 
 @dataclass
@@ -168,15 +166,14 @@ class TriageClient:
             check_encoded_size(len(data))  # the server would refuse it too, after a long upload
         except ImageError as exc:
             return TriageOutput(name, error=f"bad image: {exc}", request_id=request_id)
-        delay = self.backoff_s
-        for attempt in range(1, self.retries + 2):
+        attempt = 1
+        while True:
             out = self._infer(data, name, request_id, priority)
             out.attempts = attempt
             if out.error is None or attempt > self.retries or not is_transient(out.error):
                 return out
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+            time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            attempt += 1
 
     def _infer(self, data: bytes, name: str, request_id: str, priority: int) -> TriageOutput:
         inp = grpcclient.InferInput(IMAGE_BYTES.name, [1, 1], "BYTES")

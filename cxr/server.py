@@ -24,6 +24,7 @@ import importlib.util
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -252,7 +253,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 pass
         try:  # the server's process group: stubs it did not stop (killed server, exit timeout) go too
-            os.killpg(self.process.pid, 9)
+            os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait()
@@ -333,8 +334,9 @@ class StubWatchdog:
         self._thread: threading.Thread | None = None
         self._expected: dict[str, str] = {}  # instance name -> model name
 
-    def stubs(self) -> dict[str, tuple[str, bool]]:
-        """Live view: instance name -> (model name, alive) for every stub process of this server."""
+    def stubs(self) -> dict[str, tuple[str, int]]:
+        """Live stubs of this server: instance name -> (model name, pid). Dead ones are absent: Triton never
+        reaps a killed stub, and a zombie's command line cannot be read."""
         import psutil
 
         found = {}
@@ -345,15 +347,16 @@ class StubWatchdog:
         for child in children:
             try:
                 argv = child.cmdline()
-                alive = child.status() != psutil.STATUS_ZOMBIE
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    continue
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue  # gone (or a zombie whose cmdline is unreadable): counted as missing below
+                continue
             if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) >= 3:
-                found[argv[-2]] = (Path(argv[1]).parent.parent.name, alive)
+                found[argv[-2]] = (Path(argv[1]).parent.parent.name, child.pid)
         return found
 
     def start(self) -> None:
-        self._expected = {name: model for name, (model, alive) in self.stubs().items() if alive}
+        self._expected = {name: model for name, (model, _) in self.stubs().items()}
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="cxr-stub-watchdog", daemon=True)
         self._thread.start()
@@ -364,8 +367,8 @@ class StubWatchdog:
             self._thread.join(timeout=10)
 
     def dead_models(self) -> set[str]:
-        stubs = self.stubs()
-        return {model for name, model in self._expected.items() if not stubs.get(name, ("", False))[1]}
+        alive = self.stubs()
+        return {model for name, model in self._expected.items() if name not in alive}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -20,7 +20,8 @@ from pathlib import Path
 from cxr.labels import LABELS
 from cxr.specs import ENSEMBLE_NAME, MODEL_SPECS, PREPROCESS, ROUTER
 from export.pbtxt import ONNX_FILES, PROFILES, render, repository_configs
-from export.release import VERSIONED, model_version_string, write_release
+from export.release import (STATE, VERSIONED, load_state, model_version_string, pins_of, save_state, write_configs,
+                            write_release)
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO / "model_repository"
@@ -93,8 +94,6 @@ def _pin_serving_release(out: Path, release_1: dict) -> None:
     Releases published later (``cxr models publish``) survive a rebuild: their versions are not touched and
     the configs keep pinning whichever release serves.
     """
-    from export.release import STATE, load_state, pins_of, save_state, write_configs
-
     if (out / STATE).exists():
         state = load_state(out)
         state["releases"]["1"].update(release_1)

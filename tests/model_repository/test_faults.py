@@ -56,8 +56,7 @@ def test_killed_stubs_are_reloaded_and_retried_requests_all_succeed(server, test
     killed = []
     for at, instance in KILLS:
         time.sleep(max(0.0, start + at - time.monotonic()))
-        pid = next(p for p in _stub_pids(server) if p[1] == instance)[0]
-        os.kill(pid, signal.SIGKILL)
+        os.kill(server.watchdog.stubs()[instance][1], signal.SIGKILL)
         killed.append(instance)
     for t in threads:
         t.join()
@@ -77,16 +76,3 @@ def test_killed_stubs_are_reloaded_and_retried_requests_all_succeed(server, test
     assert not server.watchdog.dead_models() and server.is_ready()
     assert len(results) > 50
 
-
-def _stub_pids(server: TritonServer) -> list[tuple[int, str]]:
-    import psutil
-
-    out = []
-    for child in psutil.Process(server.process.pid).children():
-        try:
-            argv = child.cmdline()
-        except psutil.ZombieProcess:  # a stub killed earlier: Triton never reaps it
-            continue
-        if argv and argv[0].endswith("triton_python_backend_stub"):
-            out.append((child.pid, argv[-2]))
-    return out

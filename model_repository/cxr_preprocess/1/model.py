@@ -7,6 +7,7 @@ other requests in the same batch are unaffected. Refusals are counted by kind (`
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from cxr.metrics import record
 from cxr.pixels import REJECTION_KINDS, ImageError, rejection_kind
 from cxr.preprocess import prepare_bytes
 from cxr.specs import MODEL_SPECS, PREPROCESS
@@ -36,7 +37,7 @@ class TritonPythonModel:
                 ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except ImageError as exc:
-                _count(self.rejected[rejection_kind(str(exc))])
+                record(self.rejected[rejection_kind(str(exc))].increment, 1)
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad image: {exc}")))
             except Exception as exc:  # never let one request take the model down
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocess failed: {exc!r}")))
@@ -50,9 +51,3 @@ def _as_bytes(blob) -> bytes:
         return blob.tobytes()
     return bytes(blob)
 
-
-def _count(metric):
-    try:  # a metric never fails a request
-        metric.increment(1)
-    except Exception:
-        pass

@@ -26,6 +26,7 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.cascade import route_batch
 from cxr.labels import LABELS
+from cxr.metrics import record
 from cxr.specs import COVID_STAGE2, ROUTER
 from cxr.triage import Thresholds
 
@@ -110,7 +111,7 @@ class Shadow:
         try:
             self._compare(probs, raw_masks, cls_images)
         except Exception:  # e.g. the candidate is being unloaded while this instance still shadows
-            self.metrics.count(self.metrics.shadow_errors)
+            record(self.metrics.shadow_errors.increment, 1)
 
     def _compare(self, probs, raw_masks, cls_images):
         sampled = [i for i in range(len(probs)) if random.random() < self.fraction]
@@ -122,12 +123,12 @@ class Shadow:
                     pb_utils.Tensor("lung_mask", raw_masks[sampled].astype(np.float32))])
         response = request.exec()
         if response.has_error():
-            self.metrics.count(self.metrics.shadow_errors)
+            record(self.metrics.shadow_errors.increment, 1)
             return
         candidate = pb_utils.get_output_tensor_by_name(response, "probabilities").as_numpy()
         for k, i in enumerate(sampled):
             serving, other = LABELS[int(np.argmax(probs[i]))], LABELS[int(np.argmax(candidate[k]))]
-            self.metrics.count(self.metrics.shadow[(serving, serving == other)])
+            record(self.metrics.shadow[(serving, serving == other)].increment, 1)
 
 
 class RouterMetrics:
@@ -154,21 +155,10 @@ class RouterMetrics:
         self.shadow_errors_family = pb_utils.MetricFamily("cxr_shadow_errors", "Shadow requests that failed", counter)
         self.shadow_errors = self.shadow_errors_family.Metric(labels={})
 
-    @staticmethod
-    def count(metric, value=1):
-        """Metrics never fail a request (during a reload Triton may already have dropped an old instance's)."""
-        try:
-            metric.increment(value)
-        except Exception:
-            pass
-
     def observe(self, payload, probabilities):
-        try:
-            self.priority[payload["priority"]].increment(1)
-            self.finding[payload["top_finding"]].increment(1)
-            for label, p in zip(LABELS, probabilities):
-                self.probability[label].observe(float(p))
-            cascade = payload.get("cascade")
-            self.stage2["skipped" if cascade is None else "failed" if cascade.get("error") else "run"].increment(1)
-        except Exception:
-            pass  # metrics never fail a request (see count)
+        record(self.priority[payload["priority"]].increment, 1)
+        record(self.finding[payload["top_finding"]].increment, 1)
+        for label, p in zip(LABELS, probabilities):
+            record(self.probability[label].observe, float(p))
+        cascade = payload.get("cascade")
+        record(self.stage2["skipped" if cascade is None else "failed" if cascade.get("error") else "run"].increment, 1)
