@@ -21,10 +21,16 @@ system-packages:
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES); }
 
+# A new environment takes about 7 GB (PyPI's torch is the CUDA build: ~5.5 GB with its nvidia-* wheels), and
+# the tests write up to ~1 GB more; say so up front rather than failing half-way through pip with ENOSPC.
+SETUP_FREE_MB ?= 9000
 $(STAMP): requirements/lock.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	@test -d $(VENV) || { free=$$(df -Pm . | awk 'NR==2 {print $$4}'); [ "$$free" -ge $(SETUP_FREE_MB) ] || { \
+	  echo "make setup: a new $(VENV) needs about $(SETUP_FREE_MB) MB of free disk; $$free MB free on $$(df -P . | awk 'NR==2 {print $$6}')." >&2; \
+	  echo "Free some space (or set SETUP_FREE_MB=0 to try anyway) and rerun." >&2; exit 1; }; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -r requirements/lock.txt
+	$(PIP) install -q --no-cache-dir -r requirements/lock.txt
 	$(PIP) install -q --no-deps nvidia-pytriton==0.7.0
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*; touch $@
