@@ -61,7 +61,7 @@ perf-analyzer: repository
 int8: repository
 	$(PY) -m benchmarks.int8
 
-# Reliability (README "Reliability"): 10 minutes at concurrency 32; errors, p99 drift, server RSS growth.
+# Reliability (README "Reliability"): 10 minutes at concurrency 32; errors, p99 drift, server memory (PSS) growth.
 soak: repository
 	$(PY) -m benchmarks.soak --duration 600 --concurrency 32
 

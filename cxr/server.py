@@ -70,6 +70,9 @@ class TLSConfig:
         return flags + (["--grpc-use-ssl-mutual=true"] if self.mutual else ["--grpc-use-ssl=true"])
 
 
+STUB_BINARY = "triton_python_backend_stub"  # one process per python-model instance
+
+
 def pytriton_root() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
@@ -81,7 +84,7 @@ def prepare_backends(work_dir: Path) -> Path:
     """Create ``work_dir/python`` with the python backend and the stub for this Python version."""
     root = pytriton_root() / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    stub = root / "python_backend_stubs" / version / STUB_BINARY
     if not stub.exists():
         raise ServerError(f"no python backend stub for Python {version} in {stub.parent.parent}")
     backend = work_dir / "python"
@@ -316,6 +319,16 @@ class TritonAdmin:
             return False
 
 
+def stub_instance(argv: list[str]) -> tuple[str, str] | None:
+    """``(instance, model)`` of a python-backend stub from its command line, or None for another process.
+
+    A stub's first argument is ``<repository>/<model>/<version>/model.py``; its second-to-last, the instance name.
+    """
+    if not argv or not argv[0].endswith(STUB_BINARY) or len(argv) < 3:
+        return None
+    return argv[-2], Path(argv[1]).parent.parent.name
+
+
 class StubWatchdog:
     """Reload a model when one of its python-backend stub processes has died (killed, OOM, crashed).
 
@@ -351,8 +364,9 @@ class StubWatchdog:
                     continue
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
-            if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) >= 3:
-                found[argv[-2]] = (Path(argv[1]).parent.parent.name, child.pid)
+            stub = stub_instance(argv)
+            if stub is not None:
+                found[stub[0]] = (stub[1], child.pid)
         return found
 
     def start(self) -> None:

@@ -5,8 +5,9 @@
 Each ONNX model is exported and parity-checked, every ``config.pbtxt`` is rendered from
 :mod:`cxr.specs`, the python models get their source and a copy of the ``cxr`` package beside them,
 so the folder can be copied to any Triton host (whose python needs numpy<2, Pillow, OpenCV, SciPy,
-pydicom and onnxruntime). The build is release 1 of the repository (see :mod:`export.release`). ``cpu-int8`` adds the INT8 graphs (calibrated on train images from the
-shared data); ``gpu-trt`` adds ``build_engines.sh``, which builds the TensorRT engines on the GPU host.
+pydicom and onnxruntime). The build is release 1 of the repository (see :mod:`export.release`).
+``cpu-int8`` adds the INT8 graphs (calibrated on train images from the shared data); ``gpu-trt`` adds
+``build_engines.sh``, which builds the TensorRT engines on the GPU host.
 """
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ import time
 from pathlib import Path
 
 from cxr.labels import LABELS
-from cxr.specs import ENSEMBLE_NAME, MODEL_SPECS, PREPROCESS, ROUTER
+from cxr.specs import ENSEMBLE_NAME, MODEL_SPECS, PREPROCESS
 from export.pbtxt import ONNX_FILES, PROFILES, render, repository_configs
 from export.release import (STATE, VERSIONED, load_state, model_version_string, pins_of, save_state, write_configs,
                             write_release)
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO / "model_repository"
+ONNX_ADAPTER = "onnx_runtime"  # the python model that runs an ONNX graph with onnxruntime (cpu profiles)
 THRESHOLDS = REPO / "configs" / "triage_thresholds.json"
 ENGINE_SCRIPT = "build_engines.sh"
 WEIGHTS = REPO / "weights"
@@ -34,8 +36,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def vendor_cxr(version_dir: Path) -> None:
-    """Copy the ``cxr`` package into a python model's version folder (the repository is self-contained)."""
+def install_python_model(source: str, version_dir: Path) -> None:
+    """Put ``model_repository/<source>/model.py`` and a copy of the ``cxr`` package into a python model's
+    version folder (the repository is self-contained: it runs on any Triton host without this checkout)."""
+    version_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SOURCES / source / "model.py", version_dir / "model.py")
     target = version_dir / "cxr"
     if target.exists():
         shutil.rmtree(target)
@@ -122,8 +127,7 @@ def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | P
         version_dir.mkdir(parents=True, exist_ok=True)
         parity = _export(role, version_dir / "model.onnx", weights, digest, previous)
         if profile in ONNX_FILES:
-            shutil.copy(SOURCES / "onnx_runtime" / "model.py", version_dir / "model.py")
-            vendor_cxr(version_dir)
+            install_python_model(ONNX_ADAPTER, version_dir)
         else:
             (version_dir / "model.py").unlink(missing_ok=True)
             shutil.rmtree(version_dir / "cxr", ignore_errors=True)
@@ -133,10 +137,7 @@ def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | P
         _write_engine_script(out)
     (out / MODEL_SPECS["cxr_classifier"].role / "labels.txt").write_text("\n".join(LABELS) + "\n")
 
-    version_dir = out / PREPROCESS.role / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SOURCES / PREPROCESS.role / "1" / "model.py", version_dir / "model.py")
-    vendor_cxr(version_dir)
+    install_python_model(f"{PREPROCESS.role}/1", out / PREPROCESS.role / "1")
     release = write_release(out, 1, {role: 1 for role in VERSIONED}, THRESHOLDS, versions)  # release 1: this build
     (out / ENSEMBLE_NAME / "1").mkdir(parents=True, exist_ok=True)
 

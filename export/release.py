@@ -85,12 +85,10 @@ def model_version_string(role: str, version: int, digest: str) -> str:
 def write_release(repository: Path, release: int, pins: dict[str, int], thresholds: Path,
                   model_versions: dict[str, str]) -> dict:
     """Write ``triage_router/<release>/`` (router code, ``cxr``, thresholds, ``release.json``); returns it."""
-    from export.build_repository import SOURCES, vendor_cxr
+    from export.build_repository import install_python_model
 
     version_dir = repository / ROUTER.role / str(release)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SOURCES / ROUTER.role / "1" / "model.py", version_dir / "model.py")
-    vendor_cxr(version_dir)
+    install_python_model(f"{ROUTER.role}/1", version_dir)
     if thresholds.resolve() != (version_dir / "thresholds.json").resolve():
         shutil.copy(thresholds, version_dir / "thresholds.json")
     record = {"release": release, "models": {**pins, ROUTER.role: release}, "model_versions": model_versions,
@@ -167,7 +165,7 @@ def publish(repository: str | Path, role: str, weights: str | Path, *, tolerance
     """Publish ``weights`` as the next version of ``role``; returns ``{"version", "gates", "release"}``
     (``release`` None when a gate failed: the serving release is untouched)."""
     from client.evaluate import evaluate
-    from export.build_repository import SOURCES, sha256, vendor_cxr
+    from export.build_repository import ONNX_ADAPTER, install_python_model, sha256
     from export.onnx import export_onnx
     from training.data.manifest import DEFAULT_MANIFEST
 
@@ -190,8 +188,7 @@ def publish(repository: str | Path, role: str, weights: str | Path, *, tolerance
     except RuntimeError as exc:
         gates.append(Gate("parity", False, str(exc)))
     if gates[-1].passed:
-        shutil.copy(SOURCES / "onnx_runtime" / "model.py", version_dir / "model.py")
-        vendor_cxr(version_dir)
+        install_python_model(ONNX_ADAPTER, version_dir)
         candidate_files = {role: version_dir / "model.onnx"}
         if "metrics" not in serving:  # the serving release's own numbers, measured once on the same split
             serving["metrics"] = evaluate(manifest, split, repository=repository)
@@ -339,7 +336,7 @@ class Rollout:
 
 # -- cxr models ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """``cxr models status|publish|thresholds|promote|rollback``."""
+    """``cxr models status|publish|thresholds|promote|rollback|shadow``."""
     import argparse
     import sys
 

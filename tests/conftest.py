@@ -1,7 +1,11 @@
-"""Shared fixtures: the real data in ../shared, the built repository and a running Triton server."""
+"""Shared fixtures: the real data in ../shared, the built repository and a running Triton server; helpers
+for the reliability tests (closed-loop :class:`Load`, :func:`write_artifact`)."""
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -84,3 +88,42 @@ def write_artifact(name: str, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+class Answer(NamedTuple):
+    sent: float  # time.monotonic() when the request was sent
+    answered: float
+    error: str | None
+    release: int | None  # the release that answered (from the triage payload)
+    attempts: int  # 1 + the client's retries
+
+
+class Load:
+    """Closed-loop clients sending real images without pause until the ``with`` block ends; ``answers``
+    holds one :class:`Answer` per request (the client retries transient errors, as a PACS integration does)."""
+
+    def __init__(self, url: str, images: list[bytes], clients: int = 3) -> None:
+        from client.grpc_client import TriageClient
+
+        self.client = TriageClient(url, outputs=("triage",))
+        self.images, self.answers, self.stop = images, [], threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(clients)]
+
+    def _run(self, k: int) -> None:
+        i = k
+        while not self.stop.is_set():
+            sent = time.monotonic()
+            out = self.client.triage(self.images[i % len(self.images)])
+            self.answers.append(Answer(sent, time.monotonic(), out.error, out.triage.get("release"), out.attempts))
+            i += len(self.threads)
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+        self.client.close()

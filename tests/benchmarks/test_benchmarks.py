@@ -117,8 +117,8 @@ def test_soak_summary_compares_the_first_and_last_minute_after_warmup():
     summary = soak_summary(windows, ["boom"], 150.0, 32, 10.0, warmup_s=30.0)
     assert summary["requests"] == 1501 and summary["errors"] == 1 and summary["first_error"] == "boom"
     assert summary["p99_first_min_ms"] == 1000.0 and summary["p99_last_min_ms"] == 1200.0  # windows 4-9 vs 10-15
-    assert summary["p99_drift"] == pytest.approx(1.2) and summary["rss_growth"] == pytest.approx(0.06)
-    assert summary["goals_met"] == {"errors": False, "rss_growth": False}
+    assert summary["p99_drift"] == pytest.approx(1.2) and summary["memory_growth"] == pytest.approx(0.06)
+    assert summary["goals_met"] == {"errors": False, "memory_growth": False}
     assert summary["growth_by_process_mb"] == {"tritonserver": 60.0}
 
 

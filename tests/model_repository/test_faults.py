@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
 
-from client.grpc_client import TriageClient
 from cxr.server import TritonServer, free_port
-from tests.conftest import write_artifact
+from tests.conftest import Load, write_artifact
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -37,30 +35,15 @@ def server(repository, tmp_path):
 
 def test_killed_stubs_are_reloaded_and_retried_requests_all_succeed(server, test_rows):
     images = [r.image.read_bytes() for r in test_rows[:24]]
-    client = TriageClient(server.grpc_url)
-    results, lock = [], threading.Lock()
-    stop_at = time.monotonic() + DURATION_S
-
-    def send(worker: int) -> None:
-        i = worker
-        while time.monotonic() < stop_at:
-            out = client.triage(images[i % len(images)], name=str(i))
-            with lock:
-                results.append(out)
-            i += CONCURRENCY
-
-    threads = [threading.Thread(target=send, args=(w,)) for w in range(CONCURRENCY)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
     killed = []
-    for at, instance in KILLS:
-        time.sleep(max(0.0, start + at - time.monotonic()))
-        os.kill(server.watchdog.stubs()[instance][1], signal.SIGKILL)
-        killed.append(instance)
-    for t in threads:
-        t.join()
-    client.close()
+    with Load(server.grpc_url, images, clients=CONCURRENCY) as load:
+        start = time.monotonic()
+        for at, instance in KILLS:
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            os.kill(server.watchdog.stubs()[instance][1], signal.SIGKILL)
+            killed.append(instance)
+        time.sleep(max(0.0, start + DURATION_S - time.monotonic()))
+    results = load.answers
 
     failed = [r for r in results if r.error is not None]
     retried = [r for r in results if r.attempts > 1]
@@ -75,4 +58,3 @@ def test_killed_stubs_are_reloaded_and_retried_requests_all_succeed(server, test
     assert sorted(restarted) == sorted(k.rsplit("_", 2)[0] for k in killed)
     assert not server.watchdog.dead_models() and server.is_ready()
     assert len(results) > 50
-

@@ -10,16 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import threading
 import time
 
 import pytest
 
-from client.grpc_client import TriageClient
 from cxr.server import TritonServer, free_port
 from cxr.specs import CLASSIFIER
 from export.release import Rollout, load_state, publish, publish_thresholds
-from tests.conftest import REPO, write_artifact
+from tests.conftest import REPO, Load, write_artifact
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -51,34 +49,6 @@ def _gate_manifest(data_dir, tmp_path, n: int = 40) -> str:
         writer.writeheader()
         writer.writerows(rows)
     return str(out)
-
-
-class Load:
-    """Clients sending real images without pause; every answer's (sent, answered, error, release, attempts)."""
-
-    def __init__(self, url: str, images: list[bytes], clients: int = 3) -> None:
-        self.client = TriageClient(url, outputs=("triage",))
-        self.images, self.answers, self.stop = images, [], threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(clients)]
-
-    def _run(self, k: int) -> None:
-        i = k
-        while not self.stop.is_set():
-            start = time.monotonic()
-            out = self.client.triage(self.images[i % len(self.images)])
-            self.answers.append((start, time.monotonic(), out.error, out.triage.get("release"), out.attempts))
-            i += len(self.threads)
-
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
-        self.client.close()
 
 
 def test_publish_promote_rollback_under_load_without_a_failed_request(repository, test_rows, data_dir, tmp_path):
@@ -115,13 +85,14 @@ def test_publish_promote_rollback_under_load_without_a_failed_request(repository
         server.stop()
 
     answers = load.answers
-    failed = [a for a in answers if a[2] is not None]
+    failed = [a for a in answers if a.error is not None]
     write_artifact("rollout", {
-        "requests": len(answers), "failed": len(failed), "retried": sum(a[4] > 1 for a in answers),
+        "requests": len(answers), "failed": len(failed), "retried": sum(a.attempts > 1 for a in answers),
         "rejected_gates": rejected["gates"], "published_release": good["release"], "promoted": promoted,
         "shadow": {**shadowed, "comparisons": comparisons},
         "rolled_back": rolled_back,
-        "releases_answered": {str(r): sum(a[3] == r for a in answers) for r in sorted({a[3] for a in answers if a[3]})},
+        "releases_answered": {str(r): sum(a.release == r for a in answers)
+                              for r in sorted({a.release for a in answers if a.release})},
     })
     # the broken model was stopped by the quality gate; nothing changed for the server
     assert rejected["release"] is None
@@ -137,9 +108,9 @@ def test_publish_promote_rollback_under_load_without_a_failed_request(repository
     assert sum(comparisons.values()) > 0 and comparisons.get("agree", 0) > comparisons.get("disagree", 0)
     # a request runs on the release it was sent to: answered before the promotion began -> release 1; sent after
     # it finished and answered before the rollback began -> release 2; sent after the rollback finished -> 1
-    before = [a[3] for a in answers if a[1] < marks["promote"]]
-    during = [a[3] for a in answers if a[0] > marks["promoted"] and a[1] < marks["rollback"]]
-    after = [a[3] for a in answers if a[0] > marks["rolled_back"]]
+    before = [a.release for a in answers if a.answered < marks["promote"]]
+    during = [a.release for a in answers if a.sent > marks["promoted"] and a.answered < marks["rollback"]]
+    after = [a.release for a in answers if a.sent > marks["rolled_back"]]
     assert before and set(before) == {1} and during and set(during) == {2} and after and set(after) == {1}
 
 

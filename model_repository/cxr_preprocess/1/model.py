@@ -50,4 +50,3 @@ def _as_bytes(blob) -> bytes:
     if isinstance(blob, np.ndarray):
         return blob.tobytes()
     return bytes(blob)
-

@@ -27,7 +27,7 @@ import triton_python_backend_utils as pb_utils
 from cxr.cascade import route_batch
 from cxr.labels import LABELS
 from cxr.metrics import record
-from cxr.specs import COVID_STAGE2, ROUTER
+from cxr.specs import CLASSIFIER, COVID_STAGE2, ROUTER
 from cxr.triage import Thresholds
 
 
@@ -117,10 +117,11 @@ class Shadow:
         sampled = [i for i in range(len(probs)) if random.random() < self.fraction]
         if not sampled:
             return
+        image, mask = (t.name for t in CLASSIFIER.inputs)
         request = pb_utils.InferenceRequest(
             model_name=self.model, model_version=self.version, requested_output_names=["probabilities"],
-            inputs=[pb_utils.Tensor("cls_image", cls_images[sampled].astype(np.float32)),
-                    pb_utils.Tensor("lung_mask", raw_masks[sampled].astype(np.float32))])
+            inputs=[pb_utils.Tensor(image, cls_images[sampled].astype(np.float32)),
+                    pb_utils.Tensor(mask, raw_masks[sampled].astype(np.float32))])
         response = request.exec()
         if response.has_error():
             record(self.metrics.shadow_errors.increment, 1)
