@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import yaml
 
+from cxr.specs import ModelSpec
+
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO / "weights"
 
@@ -51,7 +53,19 @@ def start_run(kind: str, doc: str, default_config: str, argv: list[str] | None =
     config = load_config(args.config)
     generator = seed_everything(config["seed"])
     torch.set_num_threads(config.get("threads", 2))
+    # Tiny Adam moments and gradients late in a schedule become denormal floats, which the CPU handles
+    # in microcode at a fraction of normal speed; flushing them to zero keeps the step time flat.
+    torch.set_flush_denormal(True)
     return RunSetup(args, config, args.epochs or config["epochs"], generator, run_dir(kind))
+
+
+def refuse_unservable_ship(ship: bool, spec: ModelSpec, served: ModelSpec) -> None:
+    """``--ship`` must not put weights trained at one input size where the server runs another."""
+    if ship and spec.name == served.name and spec.input_size != served.input_size:
+        raise SystemExit(
+            f"--ship refused: {spec.name} trained at {spec.input_size} but served at {served.input_size} "
+            "(change the spec in cxr/specs.py first, then re-export and re-measure)"
+        )
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from cxr.labels import LABELS
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
-from training.common import WEIGHTS_DIR, load_weights, plot_curves, save_weights, start_run
+from training.common import WEIGHTS_DIR, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run
 from training.data.datasets import CachedImages, ClassificationDataset
 from training.data.manifest import Record, read_manifest
 from training.layers.moex import moex_loss
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Other registered classifiers (``cxr report``) train with the same recipe, optionally at another size.
     size = cfg.get("input_size")
     spec = replace(CLASSIFIER, name=cfg["model"], input_size=(size, size)) if size else CLASSIFIER
+    refuse_unservable_ship(args.ship, spec, CLASSIFIER)
     weights_name = spec.weights if cfg["model"] == CLASSIFIER.name else f"{cfg['model']}.pt"
 
     segmenter = create_model(cfg["segmenter"])

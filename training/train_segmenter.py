@@ -4,9 +4,11 @@
 
 Writes ``runs/seg-*/`` (metrics.json, loss/IoU plot, best weights); ``--ship`` copies the best
 weights to ``weights/`` where export reads them. Selection uses the val split; test is reported.
+A config's ``input_size`` trains and scores at another resolution (experiments; ``--ship`` refuses it).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -16,7 +18,7 @@ from tqdm import tqdm
 
 from cxr.lungmask import postprocess_mask
 from cxr.specs import LUNG_SEGMENTATION
-from training.common import REPO, load_weights, plot_curves, save_weights, start_run
+from training.common import REPO, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run
 from training.data.datasets import SegmentationDataset
 from training.data.manifest import read_manifest
 from training.metrics import segmentation_report
@@ -47,7 +49,9 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     run = start_run("seg", __doc__, "training/configs/lung_resunet18.yaml", argv)
     args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
-    spec = LUNG_SEGMENTATION
+    size = cfg.get("input_size")  # an experiment at another resolution; served models use the spec's size
+    spec = replace(LUNG_SEGMENTATION, input_size=(size, size)) if size else LUNG_SEGMENTATION
+    refuse_unservable_ship(args.ship, spec, LUNG_SEGMENTATION)
 
     def with_masks(split: str) -> list:
         return [r for r in read_manifest(args.manifest, split) if r.mask is not None][: args.limit]
@@ -88,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_weights(model, out / spec.weights)
     test = SegmentationDataset(with_masks("test"), spec)
-    metrics = {"model": cfg["model"], "config": cfg, "epochs": epochs, "history": history,
-               "val": evaluate(model, val), "test": evaluate(model, test)}
+    metrics = {"model": cfg["model"], "config": cfg, "epochs": epochs, "input_size": list(spec.input_size),
+               "history": history, "val": evaluate(model, val), "test": evaluate(model, test)}
     print("test", metrics["test"], "->", out, flush=True)
     return run.finish(metrics, spec.weights)
 

@@ -16,6 +16,29 @@ def test_segmenter_smoke(data_dir):
     assert len(metrics["history"]) == 1
 
 
+def test_segmenter_trains_and_scores_at_a_config_input_size(data_dir, tmp_path):
+    from training.train_segmenter import main
+
+    config = tmp_path / "seg128.yaml"
+    config.write_text("model: lung_resunet18\ninput_size: 128\nepochs: 1\nbatch_size: 4\nlr: 0.001\n"
+                      "weight_decay: 0.0001\nseed: 1\nthreads: 2\n")
+    metrics = main(["--config", str(config), "--manifest", str(data_dir / "manifest.csv"), "--limit", "8"])
+    assert metrics["input_size"] == [128, 128] and metrics["test"]["n"] == 8
+
+
+def test_ship_refuses_weights_trained_at_another_size(data_dir, tmp_path, monkeypatch):
+    import training.common
+    from training.train_segmenter import main
+
+    monkeypatch.setattr(training.common, "WEIGHTS_DIR", tmp_path)  # a broken guard must not touch weights/
+    config = training.common.REPO / "training/configs/lung_resunet18_384.yaml"
+    argv = ["--config", str(config), "--manifest", str(data_dir / "manifest.csv"),
+            "--epochs", "1", "--limit", "4", "--ship"]
+    with pytest.raises(SystemExit, match=r"--ship refused: lung_resunet18 trained at \(384, 384\) but served at"):
+        main(argv)
+    assert not list(tmp_path.iterdir())
+
+
 def test_classifier_smoke(data_dir):
     from training.train_classifier import main
 
