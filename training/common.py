@@ -39,18 +39,28 @@ class RunSetup:
         return metrics
 
 
-def start_run(kind: str, doc: str, default_config: str, argv: list[str] | None = None) -> RunSetup:
-    """Parse the shared training flags, load the config, seed everything and create ``runs/<kind>-<time>``."""
+def start_run(
+    kind: str, doc: str, default_config: str, argv: list[str] | None = None, cuda: bool = False
+) -> RunSetup:
+    """Parse the shared training flags, load the config, seed everything and create ``runs/<kind>-<time>``.
+
+    ``cuda=True``: the script can train on a GPU and takes ``--device cuda``.
+    """
     from training.data.manifest import DEFAULT_MANIFEST
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config)
     parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
     parser.add_argument("--epochs", type=int, help="override the config")
+    parser.add_argument("--seed", type=int, help="override the config (seed-to-seed spread of a recipe)")
     parser.add_argument("--limit", type=int, help="use only N images per split (smoke runs)")
     parser.add_argument("--ship", action="store_true", help="copy the best weights to weights/")
+    if cuda:
+        parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: bf16 autocast")
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    if args.seed is not None:
+        config["seed"] = args.seed
     generator = seed_everything(config["seed"])
     torch.set_num_threads(config.get("threads", 2))
     # Tiny Adam moments and gradients late in a schedule become denormal floats, which the CPU handles
@@ -59,12 +69,13 @@ def start_run(kind: str, doc: str, default_config: str, argv: list[str] | None =
     return RunSetup(args, config, args.epochs or config["epochs"], generator, run_dir(kind))
 
 
-def refuse_unservable_ship(ship: bool, spec: ModelSpec, served: ModelSpec) -> None:
-    """``--ship`` must not put weights trained at one input size where the server runs another."""
-    if ship and spec.name == served.name and spec.input_size != served.input_size:
+def refuse_unservable_ship(ship: bool, spec: ModelSpec, weights_name: str, served: ModelSpec) -> None:
+    """``--ship`` must not put weights into the served model's file that the server cannot run as they are."""
+    trained, serves = (spec.name, spec.input_size), (served.name, served.input_size)
+    if ship and weights_name == served.weights and trained != serves:
         raise SystemExit(
-            f"--ship refused: {spec.name} trained at {spec.input_size} but served at {served.input_size} "
-            "(change the spec in cxr/specs.py first, then re-export and re-measure)"
+            f"--ship refused: {weights_name} is served as {served.name} at {served.input_size}, but this run trains "
+            f"{spec.name} at {spec.input_size} (change the spec in cxr/specs.py first, then re-export and re-measure)"
         )
 
 
@@ -92,7 +103,7 @@ def write_json(path: Path, payload: dict) -> None:
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict) -> None:
     """Save a float16 state dict (halves the shipped size) with its metadata."""
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "meta": meta}, path)
 
 

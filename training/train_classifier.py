@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Other registered classifiers (``cxr report``) train with the same recipe, optionally at another size.
     size = cfg.get("input_size")
     spec = replace(CLASSIFIER, name=cfg["model"], input_size=(size, size)) if size else CLASSIFIER
-    refuse_unservable_ship(args.ship, spec, CLASSIFIER)
     weights_name = spec.weights if cfg["model"] == CLASSIFIER.name else f"{cfg['model']}.pt"
+    refuse_unservable_ship(args.ship, spec, weights_name, CLASSIFIER)
 
     segmenter = create_model(cfg["segmenter"])
     load_weights(segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)

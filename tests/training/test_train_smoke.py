@@ -16,27 +16,33 @@ def test_segmenter_smoke(data_dir):
     assert len(metrics["history"]) == 1
 
 
-def test_segmenter_trains_and_scores_at_a_config_input_size(data_dir, tmp_path):
+def test_segmenter_trains_at_a_config_input_size_with_workers_and_a_seed_override(data_dir, tmp_path):
     from training.train_segmenter import main
 
     config = tmp_path / "seg128.yaml"
     config.write_text("model: lung_resunet18\ninput_size: 128\nepochs: 1\nbatch_size: 4\nlr: 0.001\n"
-                      "weight_decay: 0.0001\nseed: 1\nthreads: 2\n")
-    metrics = main(["--config", str(config), "--manifest", str(data_dir / "manifest.csv"), "--limit", "8"])
+                      "weight_decay: 0.0001\nseed: 1\nthreads: 2\nworkers: 2\n")
+    metrics = main(["--config", str(config), "--manifest", str(data_dir / "manifest.csv"), "--limit", "8",
+                    "--seed", "5"])
     assert metrics["input_size"] == [128, 128] and metrics["test"]["n"] == 8
+    assert metrics["config"]["seed"] == 5
 
 
-def test_ship_refuses_weights_trained_at_another_size(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model, size", [("lung_resunet18", 384), ("lung_resunet34", 256)])
+def test_ship_refuses_weights_the_server_cannot_run(data_dir, tmp_path, monkeypatch, model, size):
     import training.common
     from training.train_segmenter import main
 
-    monkeypatch.setattr(training.common, "WEIGHTS_DIR", tmp_path)  # a broken guard must not touch weights/
-    config = training.common.REPO / "training/configs/lung_resunet18_384.yaml"
-    argv = ["--config", str(config), "--manifest", str(data_dir / "manifest.csv"),
-            "--epochs", "1", "--limit", "4", "--ship"]
-    with pytest.raises(SystemExit, match=r"--ship refused: lung_resunet18 trained at \(384, 384\) but served at"):
+    monkeypatch.setattr(training.common, "WEIGHTS_DIR", tmp_path / "weights")  # a broken guard must not touch weights/
+    (tmp_path / "weights").mkdir()
+    config = tmp_path / "experiment.yaml"
+    config.write_text(f"model: {model}\ninput_size: {size}\nepochs: 1\nbatch_size: 4\nlr: 0.001\n"
+                      "weight_decay: 0.0001\nseed: 1\nthreads: 2\n")
+    argv = ["--config", str(config), "--manifest", str(data_dir / "manifest.csv"), "--limit", "4", "--ship"]
+    refused = rf"--ship refused: lung_resunet18.pt is served as lung_resunet18 at \(256, 256\), but this run trains {model} at \({size}, {size}\)"
+    with pytest.raises(SystemExit, match=refused):
         main(argv)
-    assert not list(tmp_path.iterdir())
+    assert not list((tmp_path / "weights").iterdir())
 
 
 def test_classifier_smoke(data_dir):
