@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION, ModelSpec
 from training.layers import MaskAttention, MaskedOutput
 from training.models import create_model
 
@@ -47,7 +48,7 @@ PAPER_ROWS = (
     PaperRow("vgg16_ma", 512, 5, 80208.35, 134.29, "MANet Table 3 (+MA)"),
     PaperRow("inception_v3_ma", 512, 5, 17537.14, 21.80, "MANet Table 3 (+MA)"),
 )
-SERVED_ROWS = (("lung_resunet18", 256, {}), ("mobilenetv2_mdconv_ma", 256, {"num_classes": 5}))
+SERVED_SPECS = (LUNG_SEGMENTATION, CLASSIFIER)
 TOLERANCE = 0.03
 
 
@@ -74,6 +75,11 @@ def count(name: str, input_size: int, in_chans: int = 1, **overrides) -> dict:
             "ma_mmacs_per_position": ma["positions"] / 1e6, "ma_mmacs_elementwise": ma["elements"] / 1e6}
 
 
+def count_spec(spec: ModelSpec) -> dict:
+    """:func:`count` for a served model as its spec builds it (1-channel input, its size and class count)."""
+    return count(spec.name, spec.input_size[0], **({"num_classes": len(spec.labels)} if spec.labels else {}))
+
+
 def table() -> list[dict]:
     rows = []
     for paper in PAPER_ROWS:
@@ -85,8 +91,8 @@ def table() -> list[dict]:
             row["params_deviation"] = row["params_m"] / paper.params_m - 1
         row["within_3pct"] = abs(row["mmacs_deviation"]) <= TOLERANCE and abs(row.get("params_deviation", 0)) <= TOLERANCE
         rows.append(row)
-    for name, size, overrides in SERVED_ROWS:
-        rows.append({**count(name, size, **overrides), "source": "served here (1-channel input)"})
+    for spec in SERVED_SPECS:
+        rows.append({**count_spec(spec), "source": "served here (1-channel input)"})
     return rows
 
 

@@ -19,13 +19,9 @@ from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
 
 def model_gmacs() -> dict[str, float]:
     """Multiply-accumulates per image of each served model, as ``cxr flops`` counts them (no weights loaded)."""
-    from benchmarks.flops import count
+    from benchmarks.flops import count_spec
 
-    out = {}
-    for spec in (LUNG_SEGMENTATION, CLASSIFIER):
-        classes = {"num_classes": len(spec.labels)} if spec.labels else {}
-        out[spec.role] = count(spec.name, spec.input_size[0], **classes)["gmacs"]
-    return out
+    return {spec.role: count_spec(spec)["gmacs"] for spec in (LUNG_SEGMENTATION, CLASSIFIER)}
 
 
 def time_batches(pipeline: LocalPipeline, blobs: list[bytes], batch: int, images: int) -> dict:

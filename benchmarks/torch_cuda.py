@@ -73,17 +73,28 @@ def fp16_agreement(spec: ModelSpec, fp32: torch.nn.Module, fp16: torch.nn.Module
             "top1_agreement": (p32.argmax(1) == p16.argmax(1)).float().mean().item()}
 
 
-def measure(blobs: list[bytes], batches: list[int], iters: int = 20) -> dict:
-    from benchmarks.flops import count
-
-    device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    inputs = real_inputs(blobs, max(batches), device)
+def setup(blobs: list[bytes], count: int, device: torch.device) -> tuple[dict, dict, torch.Tensor]:
+    """Prepared inputs per spec, FP32 and FP16 graphs per spec, and the classifier's lung masks."""
+    inputs = real_inputs(blobs, count, device)
     graphs = {(s.name, d): graph_on(s, device, d) for s in SPECS for d in (torch.float32, torch.float16)}
     with torch.inference_mode():  # the classifier's mask input is the FP32 segmenter's answer, as served
         masks = graphs[(LUNG_SEGMENTATION.name, torch.float32)](inputs[LUNG_SEGMENTATION.name])
-    gmacs = {s.name: count(s.name, s.input_size[0], **({"num_classes": len(s.labels)} if s.labels else {}))["gmacs"]
-             for s in SPECS}
+    return inputs, graphs, masks
+
+
+def fp16_report(inputs: dict, graphs: dict, masks: torch.Tensor, batch: int) -> dict:
+    """:func:`fp16_agreement` of every served graph on the first ``batch`` images."""
+    return {s.name: fp16_agreement(s, graphs[(s.name, torch.float32)], graphs[(s.name, torch.float16)],
+                                   call_args(s, inputs, masks, batch, torch.float32))
+            for s in SPECS}
+
+
+def measure(blobs: list[bytes], batches: list[int], iters: int = 20) -> dict:
+    from benchmarks.flops import count_spec
+
+    torch.backends.cudnn.benchmark = True
+    inputs, graphs, masks = setup(blobs, max(batches), torch.device("cuda"))
+    gmacs = {s.name: count_spec(s)["gmacs"] for s in SPECS}
     rows = []
     for dtype, label in ((torch.float16, "fp16"), (torch.float32, "fp32")):
         for batch in batches:
@@ -95,11 +106,8 @@ def measure(blobs: list[bytes], batches: list[int], iters: int = 20) -> dict:
                 **{f"{name}_tflop_s": 2 * gmacs[name] * batch / (v / 1e3) / 1e3 for name, v in ms.items()},
                 "pipeline_img_s": batch / ((ms[LUNG_SEGMENTATION.name] + ms[CLASSIFIER.name]) / 1e3),
             })
-    agreement = {s.name: fp16_agreement(s, graphs[(s.name, torch.float32)], graphs[(s.name, torch.float16)],
-                                        call_args(s, inputs, masks, max(batches), torch.float32))
-                 for s in SPECS}
     return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "images": len(blobs),
-            "gmacs_per_image": gmacs, "rows": rows, "fp16_vs_fp32": agreement}
+            "gmacs_per_image": gmacs, "rows": rows, "fp16_vs_fp32": fp16_report(inputs, graphs, masks, max(batches))}
 
 
 def print_table(result: dict) -> None:

@@ -6,7 +6,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,12 @@ def start_run(
     # in microcode at a fraction of normal speed; flushing them to zero keeps the step time flat.
     torch.set_flush_denormal(True)
     return RunSetup(args, config, args.epochs or config["epochs"], generator, run_dir(kind))
+
+
+def experiment_spec(served: ModelSpec, config: dict) -> ModelSpec:
+    """The spec a config trains: the served one with the config's ``model`` and, if set, its ``input_size``."""
+    size = config.get("input_size")
+    return replace(served, name=config["model"], input_size=(size, size) if size else served.input_size)
 
 
 def refuse_unservable_ship(ship: bool, spec: ModelSpec, weights_name: str, served: ModelSpec) -> None:

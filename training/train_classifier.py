@@ -7,7 +7,6 @@ segmenter's raw thresholded mask. Writes ``runs/cls-*/`` (metrics.json, curves, 
 """
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -16,7 +15,9 @@ from tqdm import tqdm
 
 from cxr.labels import LABELS
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
-from training.common import WEIGHTS_DIR, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run
+from training.common import (
+    WEIGHTS_DIR, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
+)
 from training.data.datasets import CachedImages, ClassificationDataset
 from training.data.manifest import Record, read_manifest
 from training.layers.moex import moex_loss
@@ -51,8 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = start_run("cls", __doc__, "training/configs/mobilenetv2_mdconv_ma.yaml", argv)
     args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
     # Other registered classifiers (``cxr report``) train with the same recipe, optionally at another size.
-    size = cfg.get("input_size")
-    spec = replace(CLASSIFIER, name=cfg["model"], input_size=(size, size)) if size else CLASSIFIER
+    spec = experiment_spec(CLASSIFIER, cfg)
     weights_name = spec.weights if cfg["model"] == CLASSIFIER.name else f"{cfg['model']}.pt"
     refuse_unservable_ship(args.ship, spec, weights_name, CLASSIFIER)
 

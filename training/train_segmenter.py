@@ -8,8 +8,6 @@ A config's ``input_size`` trains and scores at another resolution (experiments; 
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
@@ -18,7 +16,9 @@ from tqdm import tqdm
 
 from cxr.lungmask import postprocess_mask
 from cxr.specs import LUNG_SEGMENTATION
-from training.common import REPO, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run
+from training.common import (
+    REPO, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
+)
 from training.data.datasets import SegmentationDataset
 from training.data.manifest import read_manifest
 from training.metrics import segmentation_report
@@ -50,9 +50,7 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     run = start_run("seg", __doc__, "training/configs/lung_resunet18.yaml", argv, cuda=True)
     args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
-    size = cfg.get("input_size")  # an experiment at another resolution; served models use the spec's size
-    input_size = (size, size) if size else LUNG_SEGMENTATION.input_size
-    spec = replace(LUNG_SEGMENTATION, name=cfg["model"], input_size=input_size)
+    spec = experiment_spec(LUNG_SEGMENTATION, cfg)
     refuse_unservable_ship(args.ship, spec, spec.weights, LUNG_SEGMENTATION)
 
     def with_masks(split: str) -> list:

@@ -15,14 +15,9 @@ CPU = torch.device("cpu")
 
 def test_fp16_answers_match_fp32_on_real_images(test_rows):
     blobs = [r.image.read_bytes() for r in test_rows[:4]]
-    inputs = torch_cuda.real_inputs(blobs, 4, CPU)
-    graphs = {(s.name, d): torch_cuda.graph_on(s, CPU, d) for s in torch_cuda.SPECS for d in (torch.float32, torch.float16)}
-    with torch.inference_mode():
-        masks = graphs[(LUNG_SEGMENTATION.name, torch.float32)](inputs[LUNG_SEGMENTATION.name])
+    inputs, graphs, masks = torch_cuda.setup(blobs, 4, CPU)
     assert 0.2 < masks.mean().item() < 0.6  # real lungs, not an empty or full mask
-    report = {s.name: torch_cuda.fp16_agreement(s, graphs[(s.name, torch.float32)], graphs[(s.name, torch.float16)],
-                                                torch_cuda.call_args(s, inputs, masks, 4, torch.float32))
-              for s in torch_cuda.SPECS}
+    report = torch_cuda.fp16_report(inputs, graphs, masks, 4)
     assert report[LUNG_SEGMENTATION.name]["mask_pixel_agreement"] > 0.999
     for spec in torch_cuda.SPECS[1:]:
         assert report[spec.name]["max_probability_diff"] < 0.05

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -16,12 +18,19 @@ def test_segmenter_smoke(data_dir):
     assert len(metrics["history"]) == 1
 
 
+def _segmenter_config(tmp_path, model: str, size: int, **extra) -> Path:
+    """A one-epoch segmenter experiment config at ``size`` px."""
+    config = {"model": model, "input_size": size, "epochs": 1, "batch_size": 4, "lr": 0.001,
+              "weight_decay": 0.0001, "seed": 1, "threads": 2, **extra}
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def test_segmenter_trains_at_a_config_input_size_with_workers_and_a_seed_override(data_dir, tmp_path):
     from training.train_segmenter import main
 
-    config = tmp_path / "seg128.yaml"
-    config.write_text("model: lung_resunet18\ninput_size: 128\nepochs: 1\nbatch_size: 4\nlr: 0.001\n"
-                      "weight_decay: 0.0001\nseed: 1\nthreads: 2\nworkers: 2\n")
+    config = _segmenter_config(tmp_path, "lung_resunet18", 128, workers=2)
     metrics = main(["--config", str(config), "--manifest", str(data_dir / "manifest.csv"), "--limit", "8",
                     "--seed", "5"])
     assert metrics["input_size"] == [128, 128] and metrics["test"]["n"] == 8
@@ -35,9 +44,7 @@ def test_ship_refuses_weights_the_server_cannot_run(data_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(training.common, "WEIGHTS_DIR", tmp_path / "weights")  # a broken guard must not touch weights/
     (tmp_path / "weights").mkdir()
-    config = tmp_path / "experiment.yaml"
-    config.write_text(f"model: {model}\ninput_size: {size}\nepochs: 1\nbatch_size: 4\nlr: 0.001\n"
-                      "weight_decay: 0.0001\nseed: 1\nthreads: 2\n")
+    config = _segmenter_config(tmp_path, model, size)
     argv = ["--config", str(config), "--manifest", str(data_dir / "manifest.csv"), "--limit", "4", "--ship"]
     refused = rf"--ship refused: lung_resunet18.pt is served as lung_resunet18 at \(256, 256\), but this run trains {model} at \({size}, {size}\)"
     with pytest.raises(SystemExit, match=refused):
@@ -74,3 +81,4 @@ def test_report_trains_then_loads_and_writes_the_table(data_dir, tmp_path):
     table = (tmp_path / "report.md").read_text()
     assert "| mobilenetv2 | 64 | 1 |" in table and (tmp_path / "mobilenetv2_roc_test.png").exists()
     assert main(argv) == rows  # the second call loads, it does not retrain
+
