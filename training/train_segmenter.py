@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -27,17 +28,22 @@ from training.models import create_model
 
 @torch.no_grad()
 def predict_masks(
-    model: torch.nn.Module, images: torch.Tensor, batch_size: int = 16, postprocess: bool = True
+    model: torch.nn.Module, images: torch.Tensor, batch_size: int = 16, postprocess: bool = True,
+    out_size: tuple[int, int] | None = None,
 ) -> list[np.ndarray]:
     """Binary masks ``(H, W)`` uint8 for normalised images ``(N, 1, H, W)``.
 
     ``postprocess=False`` gives the raw thresholded mask, which is what the served classifier receives.
+    ``out_size`` resizes the logits (bilinear) before the threshold: masks on another grid than the input's.
     """
     model.eval()
     device = next(model.parameters()).device
     masks = []
     for start in range(0, len(images), batch_size):
-        raw = (model(images[start : start + batch_size].to(device)) > 0).cpu().numpy().astype(np.uint8)
+        logits = model(images[start : start + batch_size].to(device))
+        if out_size is not None:
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        raw = (logits > 0).cpu().numpy().astype(np.uint8)
         masks.extend(postprocess_mask(m[0]) if postprocess else m[0] for m in raw)
     return masks
 

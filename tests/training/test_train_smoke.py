@@ -82,3 +82,24 @@ def test_report_trains_then_loads_and_writes_the_table(data_dir, tmp_path):
     assert "| mobilenetv2 | 64 | 1 |" in table and (tmp_path / "mobilenetv2_roc_test.png").exists()
     assert main(argv) == rows  # the second call loads, it does not retrain
 
+
+def test_score_segmenter_on_both_grids_agrees_with_the_trainer_at_the_served_size(data_dir):
+    from cxr.specs import LUNG_SEGMENTATION
+    from training.common import WEIGHTS_DIR, load_weights
+    from training.data.datasets import SegmentationDataset
+    from training.data.manifest import read_manifest
+    from training.models import create_model
+    from training.score_segmenter import score
+    from training.train_segmenter import evaluate
+
+    weights = WEIGHTS_DIR / LUNG_SEGMENTATION.weights
+    manifest = str(data_dir / "manifest.csv")
+    at_served = score(weights, 256, manifest=manifest, limit=6)
+    assert at_served["own_grid"] == at_served["served_grid"]  # same grid: resizing to it changes nothing
+    model = create_model(LUNG_SEGMENTATION.name)
+    load_weights(model, weights)
+    records = [r for r in read_manifest(manifest, "test") if r.mask is not None][:6]
+    assert at_served["own_grid"] == evaluate(model, SegmentationDataset(records, LUNG_SEGMENTATION))
+    at_192 = score(weights, 192, manifest=manifest, limit=6)
+    assert at_192["served_grid"]["n"] == 6 and 0.5 < at_192["served_grid"]["iou"] < 1
+    assert at_192["served_grid"] != at_192["own_grid"]
