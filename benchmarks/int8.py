@@ -37,6 +37,11 @@ def measure(manifest: str) -> dict:
         result[precision] = {"repository": repository, "segmentation_ms": row["segmentation_ms"],
                              "classification_ms": row["classification_ms"], "raw_img_s": row["img_s"],
                              **scores(evaluate(manifest, "test", None, repository))}
+    from cxr.cpu import describe_cpu
+
+    result["cpu"] = describe_cpu()
+    build = json.loads((Path(result["int8"]["repository"]) / "build.json").read_text())
+    result["int8_build"] = {k: build["int8"][k] for k in ("format", "host", "agreement")}
     fp32, int8 = result["fp32"], result["int8"]
     models_fp32 = fp32["segmentation_ms"] + fp32["classification_ms"]
     models_int8 = int8["segmentation_ms"] + int8["classification_ms"]
@@ -64,6 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(result))
         return result
+    cpu, check = result["cpu"], result["int8_build"]
+    print(f"CPU: {cpu['model']} ({cpu['vendor']}), ISA class {cpu['isa']}, flags {' '.join(cpu['flags'])}")
+    print(f"INT8: {check['format']}; checked at build on {check['host']['model']} ({check['host']['isa']}): mask IoU "
+          f"{check['agreement']['mask_iou']:.4f}, mean |dp| {check['agreement']['mean_abs_dp']:.4f}, top-1 agreement "
+          f"{check['agreement']['top1_agreement']:.2f} on {check['agreement']['images']} val images")
     print(f"{'':<6} {'seg ms':>7} {'cls ms':>7} {'raw img/s':>9} {'IoU':>7} {'acc':>7} {'macro-F1':>8}")
     for precision in ("fp32", "int8"):
         r = result[precision]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from benchmarks import raw as raw_bench
 from benchmarks.images import benchmark_images
+from cxr.cpu import describe_cpu
 from benchmarks.load import requests_for, run_load
 from benchmarks.triton_stats import breakdown, snapshot
 
@@ -170,6 +171,8 @@ def plot(profiles: dict[str, dict], baseline: list[dict], path: Path) -> None:
 
 
 def print_report(result: dict) -> None:
+    cpu = result["cpu"]
+    print(f"CPU: {cpu['model']} ({cpu['vendor']}), ISA class {cpu['isa']}, flags {' '.join(cpu['flags'])}\n")
     for profile, measured in result["profiles"].items():
         print(f"== raw pipeline, profile {profile}")
         raw_bench.print_table(measured["raw"])
@@ -213,8 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     for measured in profiles.values():
         measured["summary"] = summarise(measured["raw"], measured["served"], baseline)
     headline = profiles.get("cpu", next(iter(profiles.values())))
-    result = {"images": len(blobs), "shared_memory": args.shared_memory, **headline["summary"], "profiles": profiles,
-              "baseline": baseline}
+    result = {"cpu": describe_cpu(), "images": len(blobs), "shared_memory": args.shared_memory, **headline["summary"],
+              "profiles": profiles, "baseline": baseline}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     plot(profiles, baseline, out / "latency_throughput.png")
     if args.json:

@@ -42,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     key = None if args.no_restrict else _admin_key(args.admin_key_file)
     server = TritonServer(args.model_repository, args.grpc_port, args.http_port, args.metrics_port, args.log_file,
                           admin_key=key, tls=tls)
+    _check_int8_host(Path(args.model_repository))
     print(f"starting Triton on {args.model_repository} (log: {server.log_path}) ...", flush=True)
     if key:
         print(f"model-repository/shared-memory/logging/trace APIs need header cxr-admin-key (key in {args.admin_key_file})")
@@ -53,6 +54,21 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         server.stop()
         return 0
+
+
+def _check_int8_host(repository) -> None:
+    """An INT8 repository says at start which CPU its answers were checked on, and whether this host is of
+    the same ISA class (:func:`cxr.cpu.int8_host_note`)."""
+    import json
+
+    from cxr.cpu import describe_cpu, int8_host_note
+
+    build = repository / "build.json"
+    manifest = json.loads(build.read_text()) if build.exists() else {}
+    if manifest.get("profile") != "cpu-int8":
+        return
+    same, message = int8_host_note(manifest.get("int8"), describe_cpu())
+    print(f"{'' if same else 'WARNING: '}{message}", file=sys.stdout if same else sys.stderr, flush=True)
 
 
 def _classify(args: argparse.Namespace) -> int:

@@ -59,21 +59,48 @@ def _export(role: str, onnx_path: Path, weights: Path, digest: str, previous: di
 
 
 def _quantize(out: Path, calibration: int = 64) -> dict:
-    """Write ``model.int8.onnx`` beside each FP32 graph (see :mod:`export.quantize`)."""
-    from export.quantize import calibration_blobs, quantize_repository
+    """Write ``model.int8.onnx`` beside each FP32 graph (see :mod:`export.quantize`) and check it on this CPU.
+
+    Raises:
+        Int8Refused: the INT8 answers on this host miss :data:`export.quantize.BOUNDS` against FP32 (the INT8
+            graphs are removed again; the message names the CPU and its ISA class).
+    """
+    from cxr.cpu import describe_cpu
+    from export.quantize import CHECK_IMAGES, FORMAT, agreement, answers, calibration_blobs, quantize_repository
 
     paths = quantize_repository(out, out / ".int8", calibration_blobs(calibration))
+    served = {role: out / role / "1" / ONNX_FILES["cpu-int8"] for role in paths}
     for role, path in paths.items():
-        shutil.move(path, out / role / "1" / ONNX_FILES["cpu-int8"])
+        shutil.move(path, served[role])
     shutil.rmtree(out / ".int8", ignore_errors=True)
-    return {"calibration_images": calibration, "method": "onnxruntime static QDQ, U8S8 per-channel, MinMax"}
+    host = describe_cpu()
+    check = calibration_blobs(CHECK_IMAGES, split="val")
+    fp32 = {role: out / role / "1" / "model.onnx" for role in paths}
+    result = agreement(answers(out, check, fp32), answers(out, check, served))
+    if not result["holds"]:
+        for path in served.values():
+            path.unlink()
+        raise Int8Refused(
+            f"cpu-int8 refused on this host: {host['model']} ({host['isa']}; flags {' '.join(host['flags'])}) misses "
+            f"the INT8 agreement bounds {result['failed']} on {result['images']} val images ({result}); serve the "
+            "FP32 profile (--profile cpu) here"
+        )
+    return {"calibration_images": calibration, "format": FORMAT, "host": host, "agreement": result}
+
+
+class Int8Refused(RuntimeError):
+    """This CPU cannot hold the INT8 agreement bounds; ``build_repository --profile cpu-int8`` stops."""
 
 
 def _int8_current(out: Path, manifest: dict, previous: dict) -> bool:
-    """The INT8 graphs on disk were quantized from the same weights (like the ONNX export cache)."""
+    """The INT8 graphs on disk were quantized from the same weights (like the ONNX export cache), in today's
+    format, and checked on a CPU of this host's ISA class."""
+    from cxr.cpu import describe_cpu
     from export.pbtxt import INT8_ROLES
+    from export.quantize import FORMAT
 
-    return "int8" in previous and all(
+    record = previous.get("int8", {})
+    return record.get("format") == FORMAT and record.get("host", {}).get("isa") == describe_cpu()["isa"] and all(
         previous["models"].get(role, {}).get("weights_sha256") == manifest["models"][role]["weights_sha256"]
         and (out / role / "1" / ONNX_FILES["cpu-int8"]).exists()
         for role in INT8_ROLES
@@ -159,9 +186,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights-dir", default=str(WEIGHTS))
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per model (cpu profile)")
     args = parser.parse_args(argv)
-    manifest = build_repository(args.out, args.profile, args.weights_dir, args.threads)
+    try:
+        manifest = build_repository(args.out, args.profile, args.weights_dir, args.threads)
+    except Int8Refused as exc:
+        raise SystemExit(str(exc)) from exc
     for role, info in manifest["models"].items():
         print(f"{role}: {info['model']} sha256 {info['weights_sha256'][:12]} parity {info['parity']}")
+    if "int8" in manifest:
+        host, check = manifest["int8"]["host"], manifest["int8"]["agreement"]
+        print(f"int8 checked on {host['model']} ({host['isa']}): mask IoU {check['mask_iou']:.4f}, mean |dp| "
+              f"{check['mean_abs_dp']:.4f}, top-1 agreement {check['top1_agreement']:.2f}")
     print(f"repository ({args.profile}) written to {args.out}")
 
 

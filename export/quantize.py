@@ -1,11 +1,21 @@
 """INT8 static quantization (QDQ) of the served ONNX graphs with ONNX Runtime, calibrated on training images.
 
     python -m export.quantize [--repository build/model_repository] [--out build/int8] [--calibration 64]
+    python -m export.quantize --answers answers.npz [--out build/int8]   # this CPU's answers of those graphs
 
-Activations uint8, weights int8 per channel (the U8S8 layout ONNX Runtime's x86 VNNI kernels run),
+Activations uint8, weights int8 per channel with **7-bit range** (``reduce_range``: weights in [-64, 64]).
+Why 7 bits: on x86 without VNNI (AVX2 only, e.g. AMD EPYC Rome/Milan), ONNX Runtime's u8 x s8 kernels sum
+pairs of products into a saturating 16-bit lane (VPMADDUBSW); with full-range weights 2 x 255 x 127 overflows
+it and the answers change with the CPU (seen: mean |p_int8 - p_fp32| 0.077 on AVX2 vs 0.028 on AVX-512 VNNI,
+the same graph). With 7-bit weights a pair is at most 2 x 255 x 64 = 32,640 < 32,767: no lane saturates, the
+integer sums are exact on every x86-64 CPU, and AVX2 and VNNI hosts give bit-identical answers (checked under
+``qemu-x86_64 -cpu EPYC-Rome``, see ``tests/export/test_quantize.py``), at the u8s8 kernels' speed. U8U8 (uint8
+weights) is also exact everywhere but ~1.5x slower on VNNI hosts.
+
 MinMax calibration over ``--calibration`` train-split images decoded and preprocessed exactly as served.
 The classifier is calibrated with the FP32 segmenter's masks, which is what it gets when served.
-Writes ``<out>/<role>.onnx``; ``python -m benchmarks.int8`` measures them.
+Writes ``<out>/<role>.onnx``; :func:`agreement` scores them against FP32 on this CPU (the bounds a served INT8
+profile must hold, :data:`BOUNDS`); ``python -m benchmarks.int8`` measures them.
 """
 from __future__ import annotations
 
@@ -16,6 +26,12 @@ import numpy as np
 
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION, ModelSpec
 from export.pbtxt import INT8_ROLES
+
+FORMAT = "onnxruntime static QDQ, U8S8 per-channel, 7-bit weights (reduce_range), MinMax"
+BOUNDS = {"mask_iou": 0.97, "mean_abs_dp": 0.05, "top1_agreement": 0.8}
+"""What INT8 answers must hold against FP32 on real images: mean lung-mask IoU and top-1 agreement at least,
+mean |p_int8 - p_fp32| at most. ``build_repository --profile cpu-int8`` refuses a host that misses one."""
+CHECK_IMAGES = 48  # val images of the build-time check (12 are too few: one flipped near-tie moves top-1 by 0.08)
 
 
 class _Reader:
@@ -59,6 +75,7 @@ def quantize(spec: ModelSpec, source: Path, target: Path, feeds: list[dict[str, 
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
+        reduce_range=True,  # 7-bit weights: exact on AVX2 as on VNNI (module docstring)
         calibrate_method=CalibrationMethod.MinMax,
     )
     prepared.unlink()
@@ -75,13 +92,41 @@ def quantize_repository(repository: str | Path, out: str | Path, blobs: list[byt
     }
 
 
-def calibration_blobs(count: int = 64, manifest: str | Path | None = None) -> list[bytes]:
-    """``count`` train-split images spread evenly over the manifest (labels and sources), deterministic."""
+def calibration_blobs(count: int = 64, manifest: str | Path | None = None, split: str = "train") -> list[bytes]:
+    """``count`` images of ``split`` spread evenly over the manifest (labels and sources), deterministic."""
     from training.data.manifest import DEFAULT_MANIFEST, read_manifest
 
-    records = read_manifest(manifest or DEFAULT_MANIFEST, "train")
+    records = read_manifest(manifest or DEFAULT_MANIFEST, split)
     step = max(1, len(records) // count)
     return [r.image.read_bytes() for r in records[::step][:count]]
+
+
+def answers(repository: str | Path, blobs: list[bytes], onnx_files: dict[str, str | Path] | None = None) -> dict:
+    """Raw lung masks (thresholded) and class probabilities of the segmenter and classifier on ``blobs``.
+
+    Computed directly from the two graphs (no cascade, no post-processing): what the quantization changes.
+    """
+    from client.local_pipeline import LocalPipeline
+
+    pipeline = LocalPipeline(repository, onnx_files=onnx_files)
+    seg_in, cls_in = pipeline.prepare(blobs)
+    masks = pipeline.segment(seg_in)
+    return {"masks": (masks > 0.5).astype(np.uint8), "probabilities": pipeline.classify(cls_in, masks)}
+
+
+def agreement(fp32: dict, int8: dict) -> dict:
+    """Mean mask IoU, mean |dp| (over images and classes), largest |dp| and top-1 agreement of two
+    :func:`answers`; ``holds`` says whether :data:`BOUNDS` hold, ``failed`` names the ones that do not."""
+    from training.metrics import iou_dice
+
+    ious = [iou_dice(a[0], b[0])[0] for a, b in zip(fp32["masks"], int8["masks"])]
+    diff = np.abs(fp32["probabilities"] - int8["probabilities"])
+    result = {"mask_iou": float(np.mean(ious)), "mean_abs_dp": float(diff.mean()), "max_abs_dp": float(diff.max()),
+              "top1_agreement": float(np.mean(fp32["probabilities"].argmax(1) == int8["probabilities"].argmax(1))),
+              "images": len(ious)}
+    failed = [k for k in ("mask_iou", "top1_agreement") if result[k] < BOUNDS[k]]
+    failed += ["mean_abs_dp"] if result["mean_abs_dp"] > BOUNDS["mean_abs_dp"] else []
+    return {**result, "holds": not failed, "failed": failed}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -92,7 +137,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--out", default="build/int8")
     parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
     parser.add_argument("--calibration", type=int, default=64, help="train-split images used for calibration")
+    parser.add_argument("--answers", help="quantize nothing: write this CPU's answers of the INT8 graphs already in "
+                        "--out on the check images (val split) to this .npz (to compare hosts)")
     args = parser.parse_args(argv)
+    if args.answers:
+        files = {role: Path(args.out) / f"{role}.onnx" for role in INT8_ROLES}
+        np.savez(args.answers, **answers(args.repository, calibration_blobs(CHECK_IMAGES, args.manifest, "val"), files))
+        print(f"{args.answers}: answers of {sorted(map(str, files.values()))} on {CHECK_IMAGES} val images")
+        return {}
     paths = quantize_repository(args.repository, args.out, calibration_blobs(args.calibration, args.manifest))
     for role, path in paths.items():
         print(f"{role}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
