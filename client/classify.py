@@ -22,7 +22,7 @@ def format_table(results: list[TriageOutput]) -> str:
             rows.append(None)
             continue
         rows.append([name, r.triage.get("priority", "?"), r.label or "?",
-                     *(f"{r.probabilities.get(k, 0):.2f}" for k in LABELS), f"{r.lung_fraction:.2f}", f"{r.latency_ms:.0f}"])
+                     *("untrained" if r.probabilities.get(k) is None else f"{r.probabilities[k]:.2f}" for k in LABELS), f"{r.lung_fraction:.2f}", f"{r.latency_ms:.0f}"])
     table = [header, *(row for row in rows if row is not None)]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(header, widths)), "  ".join("-" * w for w in widths)]

@@ -1,48 +1,46 @@
 """``cxr evaluate``: score the shipped weights through the served ensemble or the exported ONNX.
 
-Prints ``{"segmentation": {"iou", "dice"}, "classification": {"accuracy", "macro_f1", "per_class"}}``
-on a split of any CSV in the shared manifest's format. Masks are compared in the letterboxed network
-frame after MANet post-processing, exactly what the service returns.
+    cxr evaluate [--manifest A --manifest B] [--split test] [--url HOST:PORT] [--json]
+
+On a split of one or more CSVs in the shared manifest's format: the pooled report (accuracy, macro-F1 over
+the labels present, per-class P/R/F1/AUC, confusion matrix, normal-vs-abnormal AUC, ECE over 15 bins) with
+bootstrap 95 % intervals (1,000 resamples of whole patients), the same per cohort (``cohen``, ``kermany``,
+``kermany224``: the sources differ in population and framing), and lung-mask IoU/Dice where rows have
+masks (a manifest without masks is valid: it scores the classifier alone). Masks are compared in the
+letterboxed network frame after MANet post-processing, exactly what the service returns.
 """
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from cxr.labels import LABELS, label_index
 from cxr.lungmask import read_mask
 from cxr.specs import LUNG_SEGMENTATION
-from training.metrics import classification_report, segmentation_report
+from training.data.manifest import Record, read_manifests
+from training.metrics import (bootstrap_intervals, calibration_bins, classification_report, headline,
+                              segmentation_report)
 
 
-def _rows(manifest: Path, split: str | None) -> list[dict]:
-    with manifest.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if split is None or r.get("split") == split]
-    if not rows:
-        raise ValueError(f"{manifest} has no rows for split {split!r}")
-    return rows
+def _records(manifests: Sequence[Path], split: str | None) -> list[Record]:
+    records = read_manifests(manifests, split)
+    if not records:
+        raise ValueError(f"{[str(m) for m in manifests]} have no rows for split {split!r}")
+    return records
 
 
-def evaluate(manifest: str | Path, split: str | None = "test", url: str | None = None,
-             repository: str | Path = "build/model_repository", batch_size: int = 8,
-             onnx_files: dict[str, str | Path] | None = None) -> dict:
-    """Evaluate via ``url`` (served ensemble over gRPC) or, if ``url`` is None, via the ONNX files the
-    repository serves (``model.int8.onnx`` in a ``cpu-int8`` repository), or ``onnx_files`` in their place
-    (``{role: path}``: a candidate version, for the release gates)."""
-    manifest = Path(manifest)
-    rows = _rows(manifest, split)
-    root = manifest.parent
+def _predict(records: list[Record], url: str | None, repository, batch_size: int, onnx_files) -> tuple[list, list, list]:
+    """Probabilities (NaN where refused), post-processed masks and errors, in ``records`` order."""
     probs, masks, errors = [], [], []
     if url:
         from client.grpc_client import TriageClient
 
         client = TriageClient(url, outputs=("probabilities", "lung_mask"))
-        items = [(r["file"], (root / r["file"]).read_bytes()) for r in rows]
-        for out in client.triage_many(items, concurrency=8):
+        for out in client.triage_many([(str(r.image), r.image.read_bytes()) for r in records], concurrency=8):
             if out.error:
                 errors.append({"file": out.name, "error": out.error})
                 probs.append(np.full(len(LABELS), np.nan))
@@ -54,38 +52,80 @@ def evaluate(manifest: str | Path, split: str | None = "test", url: str | None =
         from client.local_pipeline import LocalPipeline
 
         pipeline = LocalPipeline(repository, onnx_files=onnx_files)
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            for res in pipeline.run_batch([(root / r["file"]).read_bytes() for r in chunk]):
+        for start in range(0, len(records), batch_size):
+            for res in pipeline.run_batch([r.image.read_bytes() for r in records[start : start + batch_size]]):
                 probs.append(res.probabilities)
                 masks.append(res.lung_mask)
-    ok = [i for i, p in enumerate(probs) if not np.isnan(p).any()]
-    seg_pairs = [(masks[i], read_mask(root / rows[i]["mask"], LUNG_SEGMENTATION.input_size)) for i in ok if rows[i].get("mask")]
-    report = {
-        "manifest": str(manifest),
-        "split": split,
-        "via": f"triton grpc {url}" if url else f"onnxruntime {repository}",
-        "segmentation": segmentation_report([p for p, _ in seg_pairs], [t for _, t in seg_pairs]),
-        "classification": classification_report(
-            [label_index(rows[i]["label"]) for i in ok], np.stack([probs[i] for i in ok]), LABELS
-        ),
-        "errors": errors,
-    }
+    return probs, masks, errors
+
+
+def scored(y_true: Sequence[int], probs: np.ndarray, patients: Sequence[str], resamples: int = 1000) -> dict:
+    """Classification report, headline numbers and their patient-bootstrap intervals, reliability bins."""
+    report = classification_report(y_true, probs, LABELS)
+    report.update(headline(y_true, probs))
+    report["intervals"] = bootstrap_intervals(y_true, probs, patients, resamples)
+    report["reliability"] = calibration_bins(y_true, probs)["bins"]
     return report
 
 
-def run(manifest: str, split: str | None, url: str | None, repository: str, as_json: bool) -> int:
+def evaluate(manifest: str | Path | Sequence[str | Path], split: str | None = "test", url: str | None = None,
+             repository: str | Path = "build/model_repository", batch_size: int = 8,
+             onnx_files: dict[str, str | Path] | None = None, resamples: int = 1000) -> dict:
+    """Evaluate via ``url`` (served ensemble over gRPC) or, if ``url`` is None, via the ONNX files the
+    repository serves (``model.int8.onnx`` in a ``cpu-int8`` repository), or ``onnx_files`` in their place
+    (``{role: path}``: a candidate version, for the release gates). ``manifest``: one path or several."""
+    manifests = [Path(manifest)] if isinstance(manifest, (str, Path)) else [Path(m) for m in manifest]
+    records = _records(manifests, split)
+    probs, masks, errors = _predict(records, url, repository, batch_size, onnx_files)
+    ok = [i for i, p in enumerate(probs) if not np.isnan(p).any()]
+    seg_pairs = [(masks[i], read_mask(records[i].mask, LUNG_SEGMENTATION.input_size)) for i in ok if records[i].mask]
+    y = np.array([label_index(records[i].label) for i in ok])
+    p = np.stack([probs[i] for i in ok])
+    patients = np.array([records[i].patient_id or str(records[i].image) for i in ok])
+    cohorts = np.array([records[i].cohort for i in ok])
+    return {
+        "manifest": ", ".join(map(str, manifests)),
+        "split": split,
+        "via": f"triton grpc {url}" if url else f"onnxruntime {repository}",
+        "segmentation": segmentation_report([a for a, _ in seg_pairs], [t for _, t in seg_pairs]),
+        "classification": scored(y, p, patients, resamples),
+        "by_cohort": {c: scored(y[cohorts == c], p[cohorts == c], patients[cohorts == c], resamples)
+                      for c in sorted(set(cohorts.tolist()))},
+        "errors": errors,
+    }
+
+
+def _interval(report: dict, key: str) -> str:
+    value, ci = report[key], report["intervals"][key]
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def print_classification(name: str, cls: dict) -> None:
+    print(f"{name} ({cls['n']} images): accuracy {_interval(cls, 'accuracy')}  macro-F1 {_interval(cls, 'macro_f1')} "
+          f"(over {', '.join(cls['labels_present'])})  normal-vs-abnormal AUC {_interval(cls, 'abnormal_auc')}  "
+          f"ECE {_interval(cls, 'ece')}")
+    for label, m in cls["per_class"].items():
+        if m["support"]:
+            auc = f"{m['auc']:.3f}" if m["auc"] is not None else "n/a"
+            print(f"  {label:<10} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {auc}  n={m['support']}")
+
+
+def run(manifest: str | Sequence[str], split: str | None, url: str | None, repository: str, as_json: bool) -> int:
     report = evaluate(manifest, split, url, repository)
     if as_json:
         print(json.dumps(report))
-    else:
-        seg, cls = report["segmentation"], report["classification"]
-        print(f"{report['via']} on {report['split']} ({cls['n']} images)")
+        return 0
+    seg = report["segmentation"]
+    print(f"{report['via']} on {report['split']} of {report['manifest']}; 95 % intervals: patient bootstrap, 1,000 resamples")
+    if seg["n"]:
         print(f"segmentation: IoU {seg['iou']:.4f}  Dice {seg['dice']:.4f}  ({seg['n']} masks)")
-        print(f"classification: accuracy {cls['accuracy']:.4f}  macro-F1 {cls['macro_f1']:.4f} (over {', '.join(cls['labels_present'])})")
-        for label, m in cls["per_class"].items():
-            auc = f"{m['auc']:.3f}" if m["auc"] is not None else "n/a"
-            print(f"  {label:<10} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  AUC {auc}  n={m['support']}")
-        if report["errors"]:
-            print(f"{len(report['errors'])} images rejected: {report['errors'][:3]}", file=sys.stderr)
+    else:
+        print("segmentation: no rows with a lung mask (classifier only)")
+    print_classification("classification, pooled", report["classification"])
+    for cohort, cls in report["by_cohort"].items():
+        print_classification(f"  cohort {cohort}", cls)
+    if report["errors"]:
+        print(f"{len(report['errors'])} images rejected: {report['errors'][:3]}", file=sys.stderr)
     return 0

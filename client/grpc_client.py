@@ -18,7 +18,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
-from cxr.labels import LABELS
+from cxr.labels import reported_probabilities
 from cxr.pixels import MAX_BYTES, ImageError, check_encoded_size
 from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
 
@@ -42,7 +42,7 @@ class TriageOutput:
 
     name: str
     label: str | None = None
-    probabilities: dict[str, float] = field(default_factory=dict)
+    probabilities: dict[str, float | None] = field(default_factory=dict)  # None: untrained label
     triage: dict = field(default_factory=dict)
     lung_fraction: float | None = None
     latency_ms: float = 0.0
@@ -213,7 +213,7 @@ def _parse(name: str, result, outputs: tuple[str, ...], latency_ms: float, reque
     if "lung_fraction" in arrays:
         out.lung_fraction = round(float(arrays["lung_fraction"].reshape(-1)[0]), 4)
     if "probabilities" in arrays:
-        out.probabilities = {label: round(float(p), 4) for label, p in zip(LABELS, arrays["probabilities"].reshape(-1))}
+        out.probabilities = reported_probabilities(arrays["probabilities"].reshape(-1))
     return out
 
 

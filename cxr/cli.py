@@ -12,7 +12,7 @@ import sys
 
 # Commands whose arguments go unparsed to ``<module>.main(argv)``.
 PASSTHROUGH = {"bench": "benchmarks.run", "flops": "benchmarks.flops", "report": "training.report",
-               "models": "export.release"}
+               "models": "export.release", "thresholds": "client.thresholds"}
 
 
 def _admin_key(path: str) -> str:
@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify.set_defaults(func=_classify)
 
     evaluate = sub.add_parser("evaluate", help="metrics of the shipped models on a manifest split")
-    evaluate.add_argument("--manifest", default=None, help="CSV in the shared manifest format")
+    evaluate.add_argument("--manifest", action="append", default=None,
+                          help="CSV in the shared manifest format (repeat for several; default: the shared cxr set)")
     evaluate.add_argument("--split", default="test", help="train/val/test or 'all'")
     evaluate.add_argument("--url", help="evaluate through the served ensemble at HOST:PORT (default: ONNX in-process)")
     evaluate.add_argument("--repository", default="build/model_repository", help="built repository (ONNX path)")
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("flops", help="MACs/params of every model vs the papers' tables (cxr flops --json)")
     sub.add_parser("report", help="train/evaluate the papers' classifiers, write a Markdown table (cxr report --help)")
     sub.add_parser("models", help="publish/gate/promote/roll back model releases (cxr models --help)")
+    sub.add_parser("thresholds", help="fit triage thresholds to sensitivity targets on data (cxr thresholds fit --help)")
     return parser
 
 
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "manifest", "unset") is None:
         from training.data.manifest import DEFAULT_MANIFEST
 
-        args.manifest = str(DEFAULT_MANIFEST)
+        args.manifest = [str(DEFAULT_MANIFEST)]
     try:
         return args.func(args)
     except (OSError, ValueError) as exc:

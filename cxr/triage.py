@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from cxr.labels import LABELS
+from cxr.labels import LABELS, UNTRAINED
 
 PRIORITIES = ("urgent", "expedited", "routine")
 
@@ -110,12 +110,14 @@ def triage(probabilities: Sequence[float], lung_fraction: float, thresholds: Thr
     if len(probabilities) != len(LABELS):
         raise ValueError(f"expected {len(LABELS)} probabilities ({', '.join(LABELS)}), got {len(probabilities)}")
     probs = {label: float(p) for label, p in zip(LABELS, probabilities)}
-    top = max(probs, key=probs.get)
+    trained = {label: p for label, p in probs.items() if label not in UNTRAINED}
+    top = max(trained, key=trained.get)  # an untrained label is never the finding
     reasons: list[str] = []
     priority = "routine"
     flagged: set[str] = set()
     for level, table in (("urgent", thresholds.urgent), ("expedited", thresholds.expedited)):
-        hits = [label for label, limit in table.items() if probs[label] >= limit and label not in flagged]
+        hits = [label for label, limit in table.items()
+                if label in trained and probs[label] >= limit and label not in flagged]  # untrained: ignored
         for label in hits:
             reasons.append(f"{label} p={probs[label]:.2f} >= {table[label]:.2f} ({level})")
             priority = _max_priority(priority, level)

@@ -33,16 +33,22 @@ class SegmenterGraph(nn.Module):
 
 
 class ClassifierGraph(nn.Module):
-    """Served classifier graph: image + lung mask -> ``logits``, ``probabilities``, class-activation ``cam``."""
+    """Served classifier graph: image + lung mask -> ``logits``, ``probabilities``, class-activation ``cam``.
 
-    def __init__(self, model: nn.Module) -> None:
+    ``probabilities`` are calibrated: ``softmax(logits / temperature)``, with the temperature fitted on val at
+    training time (:mod:`training.calibration`, stored in the weights' metadata; 1.0 for weights without one).
+    ``logits`` stay the network's own.
+    """
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(image, mask)
         logits = self.model.forward_head(features)
-        return logits, torch.softmax(logits, dim=1), self.model.class_activation_map(features)
+        return logits, torch.softmax(logits / self.temperature, dim=1), self.model.class_activation_map(features)
 
 
 class ProbabilityGraph(nn.Module):
@@ -60,11 +66,11 @@ class ProbabilityGraph(nn.Module):
 def serving_graph(spec: ModelSpec, weights: str | Path | None = None) -> nn.Module:
     """The eval-mode module whose inputs/outputs are exactly ``spec.inputs``/``spec.outputs``."""
     model = create_model(spec.name, **({"num_classes": len(spec.labels)} if spec.labels else {}))
-    load_weights(model, weights or WEIGHTS_DIR / spec.weights)
+    meta = load_weights(model, weights or WEIGHTS_DIR / spec.weights)
     if not spec.labels:
         graph = SegmenterGraph(model)
     elif any(t.name == "cam" for t in spec.outputs):
-        graph = ClassifierGraph(model)
+        graph = ClassifierGraph(model, meta.get("temperature", 1.0))
     else:
         graph = ProbabilityGraph(model)
     return graph.eval()

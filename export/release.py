@@ -142,22 +142,26 @@ def _quality(role: str, report: dict) -> tuple[str, float]:
     return "test macro-F1", report["classification"]["macro_f1"]
 
 
-def _latency_ms(onnx_file: Path, role: str, repeats: int = 15) -> float:
-    """Median batch-1 latency of one ONNX model on random input (the serving session settings)."""
+def _latencies_ms(serving: Path, candidate: Path, role: str, repeats: int = 15) -> tuple[float, float]:
+    """Median batch-1 latency of the serving and the candidate ONNX model (serving session settings, random
+    input), timed in alternation: a load that comes and goes while the gate runs (a server under traffic)
+    then falls on both alike, instead of on whichever was timed second."""
     import numpy as np
 
     from cxr.onnx_session import cpu_session
 
-    session = cpu_session(onnx_file)
     spec = MODEL_SPECS[role]
     feeds = {t.name: np.random.default_rng(0).standard_normal((1, *t.dims)).astype(np.float32) for t in spec.inputs}
-    session.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    sessions = [cpu_session(serving), cpu_session(candidate)]
+    times: list[list[float]] = [[], []]
+    for session in sessions:
         session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    for _ in range(repeats):
+        for session, out in zip(sessions, times):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            out.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def publish(repository: str | Path, role: str, weights: str | Path, *, tolerance: float = 0.01,
@@ -200,8 +204,8 @@ def publish(repository: str | Path, role: str, weights: str | Path, *, tolerance
             k: report["classification"][k] for k in ("accuracy", "macro_f1")}}
         gates.append(Gate("quality", after >= before - tolerance,
                           f"{name} {after:.4f} vs serving {before:.4f} (tolerance {tolerance})"))
-        old_ms = _latency_ms(repository / role / str(current[role]) / "model.onnx", role)
-        new_ms = _latency_ms(version_dir / "model.onnx", role)
+        old_ms, new_ms = _latencies_ms(repository / role / str(current[role]) / "model.onnx",
+                                       version_dir / "model.onnx", role)
         gates.append(Gate("latency", new_ms <= latency_factor * old_ms,
                           f"batch-1 {new_ms:.1f} ms vs serving {old_ms:.1f} ms (budget x{latency_factor})"))
     passed = all(g.passed for g in gates)

@@ -40,17 +40,24 @@ class RunSetup:
 
 
 def start_run(
-    kind: str, doc: str, default_config: str, argv: list[str] | None = None, cuda: bool = False
+    kind: str, doc: str, default_config: str, argv: list[str] | None = None, cuda: bool = False,
+    resumable: bool = False,
 ) -> RunSetup:
     """Parse the shared training flags, load the config, seed everything and create ``runs/<kind>-<time>``.
 
-    ``cuda=True``: the script can train on a GPU and takes ``--device cuda``.
+    ``cuda=True``: the script can train on a GPU and takes ``--device cuda``. ``args.manifest`` is a list:
+    every ``--manifest`` given, else the config's ``manifests`` (relative to the shared data folder), else
+    the shared ``cxr`` manifest. ``resumable=True``: the script checkpoints, and ``--resume DIR`` reuses that
+    run folder (the script reads its checkpoint).
     """
-    from training.data.manifest import DEFAULT_MANIFEST
+    from training.data.manifest import DEFAULT_MANIFEST, resolve_manifest
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config)
-    parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
+    parser.add_argument("--manifest", action="append",
+                        help="a manifest CSV (repeat for several); default: the config's `manifests`, else the cxr set")
+    if resumable:
+        parser.add_argument("--resume", help="continue the run in this folder from its last checkpoint")
     parser.add_argument("--epochs", type=int, help="override the config")
     parser.add_argument("--seed", type=int, help="override the config (seed-to-seed spread of a recipe)")
     parser.add_argument("--limit", type=int, help="use only N images per split (smoke runs)")
@@ -59,6 +66,7 @@ def start_run(
         parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: bf16 autocast")
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    args.manifest = [resolve_manifest(m) for m in (args.manifest or config.get("manifests") or [DEFAULT_MANIFEST])]
     if args.seed is not None:
         config["seed"] = args.seed
     generator = seed_everything(config["seed"])
@@ -66,7 +74,11 @@ def start_run(
     # Tiny Adam moments and gradients late in a schedule become denormal floats, which the CPU handles
     # in microcode at a fraction of normal speed; flushing them to zero keeps the step time flat.
     torch.set_flush_denormal(True)
-    return RunSetup(args, config, args.epochs or config["epochs"], generator, run_dir(kind))
+    resume = getattr(args, "resume", None)
+    out = Path(resume) if resume else run_dir(kind)
+    if resume and not out.is_dir():
+        raise SystemExit(f"--resume: no run folder {out}")
+    return RunSetup(args, config, args.epochs or config["epochs"], generator, out)
 
 
 def experiment_spec(served: ModelSpec, config: dict) -> ModelSpec:

@@ -19,8 +19,10 @@ def iou_dice(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
 
 
 def segmentation_report(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict:
-    """Mean per-image IoU and Dice."""
-    scores = np.array([iou_dice(p, t) for p, t in zip(preds, targets)])
+    """Mean per-image IoU and Dice (``None`` when there are no masks: a manifest without masks is valid)."""
+    scores = np.array([iou_dice(p, t) for p, t in zip(preds, targets)]).reshape(-1, 2)
+    if not len(scores):
+        return {"iou": None, "dice": None, "n": 0}
     return {"iou": float(scores[:, 0].mean()), "dice": float(scores[:, 1].mean()), "n": len(scores)}
 
 
@@ -57,3 +59,61 @@ def classification_report(y_true: Sequence[int], probs: np.ndarray, labels: Sequ
         "labels": list(labels),
         "n": int(len(y_true)),
     }
+
+
+def calibration_bins(y_true: Sequence[int], probs: np.ndarray, bins: int = 15) -> dict:
+    """Top-label reliability: per equal-width confidence bin, mean confidence, accuracy and count; and the
+    expected calibration error ``ECE = sum_b n_b / N * |acc_b - conf_b|`` (Guo et al. 2017, 15 bins)."""
+    y_true = np.asarray(y_true)
+    confidence, predicted = probs.max(1), probs.argmax(1)
+    correct = predicted == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        n = int(inside.sum())
+        conf = float(confidence[inside].mean()) if n else None
+        acc = float(correct[inside].mean()) if n else None
+        if n:
+            ece += n / len(y_true) * abs(acc - conf)
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n, "confidence": conf, "accuracy": acc})
+    return {"ece": float(ece), "bins": rows}
+
+
+def abnormal_auc(y_true: Sequence[int], probs: np.ndarray, normal: int = 0) -> float | None:
+    """AUC of normal vs abnormal, scored by ``1 - p(normal)`` (``None`` if only one of the two is present)."""
+    abnormal = np.asarray(y_true) != normal
+    if abnormal.all() or not abnormal.any():
+        return None
+    return float(roc_auc_score(abnormal, 1.0 - probs[:, normal]))
+
+
+def headline(y_true: Sequence[int], probs: np.ndarray) -> dict[str, float | None]:
+    """The numbers a model card leads with: accuracy, macro-F1 (over present labels), normal-vs-abnormal AUC, ECE."""
+    y_true = np.asarray(y_true)
+    present = sorted(set(y_true.tolist()))
+    y_pred = probs.argmax(1)
+    return {"accuracy": float((y_pred == y_true).mean()),
+            "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+            "abnormal_auc": abnormal_auc(y_true, probs),
+            "ece": calibration_bins(y_true, probs)["ece"]}
+
+
+def bootstrap_intervals(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str], resamples: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict[str, list[float] | None]:
+    """Percentile intervals of :func:`headline` over ``resamples`` resamples of whole ``groups`` (patients) with
+    replacement: images of one patient are not independent, so they are drawn together."""
+    y_true, groups = np.asarray(y_true), np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        for key, value in headline(y_true[idx], probs[idx]).items():
+            if value is not None:
+                draws.setdefault(key, []).append(value)
+    tail = 100 * (1 - level) / 2
+    return {key: ([float(np.percentile(draws[key], tail)), float(np.percentile(draws[key], 100 - tail))]
+                  if len(draws.get(key, ())) >= resamples // 2 else None)
+            for key in ("accuracy", "macro_f1", "abnormal_auc", "ece")}

@@ -52,3 +52,24 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, labels: list[str], path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_reliability(curves: dict[str, dict], path: Path, title: str) -> None:
+    """Reliability diagram: per confidence bin, accuracy against mean confidence, one line per
+    :func:`training.metrics.calibration_bins` result in ``curves`` (e.g. before / after temperature scaling)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for name, result in curves.items():
+        bins = [b for b in result["bins"] if b["n"]]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                label=f"{name} (ECE {result['ece']:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,13 +1,16 @@
 """``cxr report``: train (or load) the papers' classifiers with one recipe and write a table like theirs.
 
-    python -m training.report [--models resnet34 resnet34_ma ...] [--size 128] [--epochs 4] [--out docs/report]
+    python -m training.report [--models resnet34 resnet34_ma ...] [--size 128] [--epochs 4] [--seeds 11 12 13]
+        [--manifest A --manifest B] [--out docs/report]
 
 Each model is trained by :mod:`training.train_classifier` (the served classifier's recipe, same data, same
 segmenter masks) at ``--size`` px for ``--epochs`` epochs, from scratch, on this CPU: far below the papers'
 resolution, epochs and ImageNet initialisation, so the numbers rank architectures under one small budget and
 say nothing about what the papers' full recipes reach (their configs are ``training/configs``). A model whose
 ``<out>/<model>.json`` exists is loaded, not retrained. Writes ``report.md``, ``report.json`` and each model's
-confusion matrix and ROC plot under ``--out``.
+confusion matrix and ROC plot under ``--out``. With several ``--seeds`` each model trains once per seed and
+the table gives mean +- sd over the seeds (a difference smaller than the sd says nothing), test and val.
+Manifests: every ``--manifest``, else the base config's ``manifests``.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from cxr.labels import LABELS
@@ -30,24 +34,47 @@ MOEX = {"moex_p": 0.5, "moex_lambda": 0.9}  # for the models that have a MoEx la
 BASE_CONFIG = REPO / "training" / "configs" / "mobilenetv2_mdconv_ma.yaml"
 
 
-def train_one(model: str, size: int, epochs: int, manifest: str | None, out: Path, limit: int | None = None) -> dict:
+def train_one(model: str, size: int, epochs: int, manifests: list[str] | None, out: Path, limit: int | None = None,
+              seed: int | None = None) -> dict:
     from benchmarks.flops import count
     from training.train_classifier import main as train
 
     config = {**yaml.safe_load(BASE_CONFIG.read_text()), **MOEX, "model": model, "epochs": epochs, "input_size": size}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(config, f)
-    argv = ["--config", f.name] + (["--manifest", manifest] if manifest else []) + (["--limit", str(limit)] if limit else [])
+    argv = ["--config", f.name] + [a for m in manifests or () for a in ("--manifest", m)]
+    argv += (["--limit", str(limit)] if limit else []) + (["--seed", str(seed)] if seed is not None else [])
     metrics = train(argv)
     Path(f.name).unlink()
     run_dir = Path(metrics["run_dir"])
     cost = count(model, size, in_chans=1, num_classes=len(LABELS))
-    row = {"model": model, "input_size": size, "epochs": epochs, "params_m": cost["params_m"],
-           "mmacs": cost["gmacs"] * 1e3 + cost["ma_mmacs_per_position"], "test": metrics["test"], "val": metrics["val"]}
-    (out / f"{model}.json").write_text(json.dumps(row, indent=2))
+    row = {"model": model, "input_size": size, "epochs": epochs, "params_m": cost["params_m"], "seed": metrics["config"]["seed"],
+           "mmacs": cost["gmacs"] * 1e3 + cost["ma_mmacs_per_position"], "test": metrics["test"], "val": metrics["val"],
+           "train_seconds": metrics["train_seconds"]}
+    name = model if seed is None else f"{model}_seed{seed}"
+    (out / f"{name}.json").write_text(json.dumps(row, indent=2))
     for plot in ("confusion_test.png", "roc_test.png"):
-        shutil.copy(run_dir / plot, out / f"{model}_{plot}")
+        shutil.copy(run_dir / plot, out / f"{name}_{plot}")
     return row
+
+
+def seeded_markdown(runs: dict[str, list[dict]]) -> str:
+    """One row per model: mean +- sd over its seeds of accuracy, macro-F1, per-class F1 (test) and val macro-F1."""
+    def mean_sd(values: list[float]) -> str:
+        return f"{np.mean(values):.3f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
+
+    first = next(iter(runs.values()))[0]["test"]
+    present = first["labels_present"]
+    head = ["model", "input", "epochs", "seeds", "M MACs", "test accuracy", "test macro-F1", *(f"F1 {k}" for k in present),
+            "val macro-F1", "train min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, rows in runs.items():
+        cells = [model, str(rows[0]["input_size"]), str(rows[0]["epochs"]), str(len(rows)), f"{rows[0]['mmacs']:,.0f}",
+                 mean_sd([r["test"]["accuracy"] for r in rows]), mean_sd([r["test"]["macro_f1"] for r in rows])]
+        cells += [mean_sd([r["test"]["per_class"][k]["f1"] for r in rows]) for k in present]
+        cells += [mean_sd([r["val"]["macro_f1"] for r in rows]), f"{np.mean([r['train_seconds'] for r in rows]) / 60:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -71,12 +98,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--manifest")
+    parser.add_argument("--manifest", action="append", help="repeat for several (default: the base config's)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="train each model once per seed; mean +- sd table")
     parser.add_argument("--limit", type=int, help="images per split (smoke runs)")
     parser.add_argument("--out", default="docs/report")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.seeds:
+        runs = {}
+        for model in args.models:
+            for seed in args.seeds:
+                cached = out / f"{model}_seed{seed}.json"
+                runs.setdefault(model, []).append(json.loads(cached.read_text()) if cached.exists() else
+                                                  train_one(model, args.size, args.epochs, args.manifest, out, args.limit, seed))
+        text = (f"Test split ({next(iter(runs.values()))[0]['test']['n']} images), each model trained from scratch at "
+                f"{args.size} px for {args.epochs} epochs with one recipe and seeds {args.seeds} "
+                "(`python -m training.report --seeds ...`): mean +- sd over the seeds.\n\n")
+        _write(out / "seeded", text + seeded_markdown(runs), runs)
+        return [r for rows in runs.values() for r in rows]
     rows = []
     for model in args.models:
         cached = out / f"{model}.json"
@@ -85,10 +125,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     text = (f"Test split ({rows[0]['test']['n']} images), trained here from scratch at {args.size} px for "
             f"{args.epochs} epochs each with one recipe (`python -m training.report`); MACs at that size, "
             "1-channel input. Not the papers' recipes: compare rows with each other, not with the papers.\n\n")
-    (out / "report.md").write_text(text + markdown(rows))
-    (out / "report.json").write_text(json.dumps(rows, indent=2))
-    print(text + markdown(rows))
+    _write(out / "report", text + markdown(rows), rows)
     return rows
+
+
+def _write(stem: Path, text: str, payload) -> None:
+    """``<stem>.md`` (and printed), ``<stem>.json``."""
+    stem.with_suffix(".md").write_text(text)
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    print(text)
 
 
 if __name__ == "__main__":

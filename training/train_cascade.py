@@ -22,7 +22,7 @@ from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION
 from export.onnx import serving_graph
 from training.common import load_weights, plot_curves, save_weights, start_run
-from training.data.manifest import Record, read_manifest
+from training.data.manifest import Record, read_manifests
 from training.layers.moex import moex_loss
 from training.metrics import classification_report
 from training.models import create_model
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     segmenter = serving_graph(LUNG_SEGMENTATION)
 
     def split(name: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = [r for r in read_manifest(args.manifest, name) if r.label in VIRAL_LABELS][: args.limit]
+        rows = [r for r in read_manifests(args.manifest, name) if r.label in VIRAL_LABELS][: args.limit]
         return stage2_arrays(rows, segmenter), np.array([VIRAL_LABELS[r.label] for r in rows])
 
     (x_train, y_train), (x_val, y_val) = split("train"), split("val")

@@ -1,12 +1,23 @@
 """Train the mask-attention classifier on lung masks predicted by the shipped segmenter.
 
     python -m training.train_classifier --config training/configs/mobilenetv2_mdconv_ma.yaml [--ship]
+        [--manifest A --manifest B] [--resume runs/cls-...]
 
 The classifier sees exactly what it sees when served: images from :mod:`cxr.preprocess` and the
-segmenter's raw thresholded mask. Writes ``runs/cls-*/`` (metrics.json, curves, confusion matrix, ROC).
+segmenter's raw thresholded mask. Training checkpoints every epoch (``checkpoint.pt``: model, EMA,
+optimizer, schedule, history, random state) so ``--resume`` continues a stopped run where it was; the
+config's ``patience`` stops early when val macro-F1 has not improved for that many epochs. The best
+checkpoint (by val macro-F1; each epoch the better on val of the trained weights and, when ``ema_decay`` is
+set, their EMA) gets a temperature fitted on
+val (:mod:`training.calibration`), stored with the weights. Writes ``runs/cls-*/`` (metrics.json with
+wall-clock seconds, per-cohort val/test metrics, calibration before/after; curves, confusion matrix, ROC).
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,41 +26,160 @@ from tqdm import tqdm
 
 from cxr.labels import LABELS
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
+from training.calibration import fit_temperature
 from training.common import (
-    WEIGHTS_DIR, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
+    REPO, WEIGHTS_DIR, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
 )
 from training.data.datasets import CachedImages, ClassificationDataset
-from training.data.manifest import Record, read_manifest
+from training.data.manifest import Record, read_manifests
 from training.layers.moex import moex_loss
-from training.metrics import classification_report
+from training.metrics import calibration_bins, classification_report
 from training.models import create_model
-from training.plots import plot_confusion, plot_roc
+from training.plots import plot_confusion, plot_reliability, plot_roc
 from training.train_segmenter import predict_masks
 
+MASK_CACHE = REPO / "runs" / "mask-cache"
 
-def segment(records: list[Record], segmenter: torch.nn.Module) -> list[np.ndarray]:
-    """Raw thresholded lung masks from ``segmenter`` (as served), at the segmenter's input size."""
+
+def segment(records: list[Record], segmenter: torch.nn.Module, weights: Path | None = None) -> list[np.ndarray]:
+    """Raw thresholded lung masks from ``segmenter`` (as served), at the segmenter's input size.
+
+    With ``weights`` (the segmenter's file) the masks are cached under ``runs/mask-cache``, keyed by the
+    weights' and images' paths and contents' identity, so a resumed run or another seed does not segment again.
+    """
+    cache_file = None
+    if weights is not None:
+        key = hashlib.sha256(Path(weights).read_bytes())
+        for r in records:
+            key.update(f"{r.image}:{r.image.stat().st_size}:{r.image.stat().st_mtime_ns}\n".encode())
+        cache_file = MASK_CACHE / f"{key.hexdigest()[:20]}.npz"
+        if cache_file.exists():
+            with np.load(cache_file) as saved:
+                return list(np.unpackbits(saved["masks"], axis=-1)[..., : int(saved["width"])])
     cache = CachedImages(records, LUNG_SEGMENTATION, desc="segment")
-    images = torch.from_numpy(np.stack([cache.prepare.normalise(x) for x in cache.images]))
-    return predict_masks(segmenter, images, postprocess=False)
+    masks = []
+    for start in range(0, len(cache.images), 256):  # bounded memory: normalised float copies of 256 images at a time
+        chunk = torch.from_numpy(np.stack([cache.prepare.normalise(x) for x in cache.images[start : start + 256]]))
+        masks.extend(predict_masks(segmenter, chunk, postprocess=False))
+    if cache_file is not None and masks:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cache_file, masks=np.packbits(np.stack(masks), axis=-1), width=masks[0].shape[-1])
+    return masks
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, dataset: ClassificationDataset, batch_size: int = 32) -> np.ndarray:
+def predict_logits(model: torch.nn.Module, dataset: ClassificationDataset, batch_size: int = 32) -> np.ndarray:
     model.eval()
-    probs = []
-    for image, mask, _ in DataLoader(dataset, batch_size=batch_size):
-        probs.append(torch.softmax(forward(model, image, mask), dim=1).numpy())
-    return np.concatenate(probs)
+    logits = [forward(model, image, mask).float().numpy() for image, mask, _ in DataLoader(dataset, batch_size=batch_size)]
+    return np.concatenate(logits)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
 
 
 def forward(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits; the lung mask goes only to models with mask attention."""
+    image = image.contiguous(memory_format=torch.channels_last)
     return model(image, mask) if getattr(model, "uses_mask", False) else model(image)
 
 
+def spread(records: list[Record], limit: int | None) -> list[Record]:
+    """At most ``limit`` records taken evenly over the list (smoke runs see every manifest and label)."""
+    if not limit or len(records) <= limit:
+        return records
+    return records[:: len(records) // limit][:limit]
+
+
+def split_report(dataset: ClassificationDataset, probs: np.ndarray) -> dict:
+    """Pooled metrics plus the same per cohort (``cohen``, ``kermany``, ``kermany224``)."""
+    report = classification_report(dataset.targets, probs, LABELS)
+    cohorts = np.array([r.cohort for r in dataset.records])
+    report["by_cohort"] = {
+        c: classification_report(np.asarray(dataset.targets)[cohorts == c], probs[cohorts == c], LABELS)
+        for c in sorted(set(cohorts))
+    }
+    return report
+
+
+class Trainer:
+    """Model, EMA copy, optimizer and schedule of one run, with the checkpoint that restores all of them."""
+
+    def __init__(self, cfg: dict, steps: int) -> None:
+        self.model = create_model(cfg["model"], num_classes=len(LABELS)).to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).eval() if cfg.get("ema_decay") else None
+        self.ema_decay = cfg.get("ema_decay", 0.0)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, cfg["lr"], total_steps=steps,
+                                                             pct_start=cfg.get("warmup_fraction", 0.3))
+        self.history: list[dict] = []
+        self.best, self.stale, self.seconds = -1.0, 0, 0.0
+
+    @property
+    def candidates(self) -> dict[str, torch.nn.Module]:
+        """The weights validated every epoch: the trained ones and, when there is one, their EMA copy."""
+        return {"raw": self.model} | ({"ema": self.ema} if self.ema is not None else {})
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """EMA step with timm's warm-up, ``decay = min(ema_decay, (1 + t) / (10 + t))`` at step ``t``: early on the
+        average follows the weights closely (a slow average of weights that still move fast, with batch-norm
+        statistics averaged alongside, predicts a single class for epochs)."""
+        if self.ema is None:
+            return
+        step = self.scheduler.last_epoch
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        for e, m in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+            if e.is_floating_point():
+                e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+            else:
+                e.copy_(m)
+
+    def save(self, path: Path, generator: torch.Generator) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "history": self.history, "best": self.best,
+                 "stale": self.stale, "seconds": self.seconds, "generator": generator.get_state(),
+                 "torch_rng": torch.get_rng_state(), "ema": self.ema.state_dict() if self.ema is not None else None}
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # a run stopped mid-write keeps the previous checkpoint
+
+    def load(self, path: Path, generator: torch.Generator) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.history, self.best, self.stale, self.seconds = state["history"], state["best"], state["stale"], state["seconds"]
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def train_epoch(trainer: Trainer, loader: DataLoader, cfg: dict, generator: torch.Generator, desc: str) -> float:
+    model = trainer.model
+    model.train()
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    losses = []
+    for image, mask, target in tqdm(loader, desc=desc):
+        if hasattr(model, "moex") and torch.rand(1, generator=generator).item() < cfg.get("moex_p", 0.0):
+            perm = torch.randperm(len(image), generator=generator)  # MoEx (SEME models)
+            with model.moex.exchange(perm):
+                loss = moex_loss(forward(model, image, mask), target, perm, cfg["moex_lambda"])
+        else:
+            loss = criterion(forward(model, image, mask), target)
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+        trainer.update_ema()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
 def main(argv: list[str] | None = None) -> dict:
-    run = start_run("cls", __doc__, "training/configs/mobilenetv2_mdconv_ma.yaml", argv)
+    run = start_run("cls", __doc__, "training/configs/mobilenetv2_mdconv_ma.yaml", argv, resumable=True)
     args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
     # Other registered classifiers (``cxr report``) train with the same recipe, optionally at another size.
     spec = experiment_spec(CLASSIFIER, cfg)
@@ -60,47 +190,64 @@ def main(argv: list[str] | None = None) -> dict:
     load_weights(segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
     splits = {}
     for split in ("train", "val", "test"):
-        records = read_manifest(args.manifest, split)[: args.limit]
-        splits[split] = ClassificationDataset(records, spec, segment(records, segmenter), augment=split == "train")
+        records = spread(read_manifests(args.manifest, split), args.limit)
+        masks = segment(records, segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
+        splits[split] = ClassificationDataset(records, spec, masks, augment=split == "train",
+                                              aspect_jitter=tuple(cfg.get("aspect_jitter", (1.0, 1.0))))
     loader = DataLoader(splits["train"], batch_size=cfg["batch_size"], shuffle=True, generator=generator, drop_last=True)
 
-    model = create_model(cfg["model"], num_classes=len(LABELS))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=epochs * len(loader))
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    trainer = Trainer(cfg, epochs * len(loader))
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():
+        trainer.load(checkpoint, generator)
+        print(f"resumed {out} after epoch {len(trainer.history)} (best val macro-F1 {trainer.best:.4f})", flush=True)
+    patience = cfg.get("patience")
+    for epoch in range(len(trainer.history) + 1, epochs + 1):
+        if patience and trainer.stale >= patience:
+            print(f"early stop: val macro-F1 has not improved for {patience} epochs", flush=True)
+            break
+        started = time.perf_counter()
+        loss = train_epoch(trainer, loader, cfg, generator, f"cls epoch {epoch}/{epochs}")
+        vals = {name: classification_report(splits["val"].targets, softmax(predict_logits(m, splits["val"])), LABELS)
+                for name, m in trainer.candidates.items()}
+        chosen = max(vals, key=lambda name: vals[name]["macro_f1"])  # the better of raw and EMA weights, on val
+        val = vals[chosen]
+        trainer.seconds += time.perf_counter() - started
+        trainer.history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val["accuracy"],
+                                "val_macro_f1": val["macro_f1"], "weights": chosen,
+                                **{f"val_macro_f1_{name}": v["macro_f1"] for name, v in vals.items()},
+                                "seconds": round(time.perf_counter() - started, 1), "lr": trainer.scheduler.get_last_lr()[0]})
+        print(trainer.history[-1], flush=True)
+        if val["macro_f1"] > trainer.best:
+            trainer.best, trainer.stale = val["macro_f1"], 0
+            save_weights(trainer.candidates[chosen], out / weights_name,
+                         {"model": cfg["model"], "epoch": epoch, "weights": chosen, "val_macro_f1": trainer.best,
+                          "config": cfg})
+        else:
+            trainer.stale += 1
+        trainer.save(checkpoint, generator)
+        plot_curves(trainer.history, ["train_loss", "val_accuracy", "val_macro_f1"], out / "curves.png",
+                    f"{cfg['model']} training")
 
-    history, best = [], -1.0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        losses = []
-        for image, mask, target in tqdm(loader, desc=f"cls epoch {epoch}/{epochs}"):
-            if hasattr(model, "moex") and torch.rand(1, generator=generator).item() < cfg.get("moex_p", 0.0):
-                perm = torch.randperm(len(image), generator=generator)  # MoEx (SEME models)
-                with model.moex.exchange(perm):
-                    loss = moex_loss(forward(model, image, mask), target, perm, cfg["moex_lambda"])
-            else:
-                loss = criterion(forward(model, image, mask), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        val = classification_report(splits["val"].targets, predict(model, splits["val"]), LABELS)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
-        print(history[-1], flush=True)
-        if val["macro_f1"] > best:
-            best = val["macro_f1"]
-            save_weights(model, out / weights_name, {"model": cfg["model"], "epoch": epoch, "val_macro_f1": best, "config": cfg})
-        plot_curves(history, ["train_loss", "val_accuracy", "val_macro_f1"], out / "curves.png", f"{cfg['model']} training")
-
-    load_weights(model, out / weights_name)
-    metrics = {"model": cfg["model"], "config": cfg, "epochs": epochs, "history": history, "run_dir": str(out)}
+    model = trainer.model  # the best epoch's chosen weights (raw or EMA) are loaded into it
+    meta = load_weights(model, out / weights_name)
+    logits = {split: predict_logits(model, splits[split]) for split in ("val", "test")}
+    temperature = fit_temperature(logits["val"], splits["val"].targets)
+    save_weights(model, out / weights_name, {**meta, "temperature": temperature})
+    metrics = {"model": cfg["model"], "config": cfg, "epochs": len(trainer.history), "history": trainer.history,
+               "run_dir": str(out), "manifests": [str(m) for m in args.manifest], "train_seconds": round(trainer.seconds),
+               "train_images": len(splits["train"]), "temperature": temperature}
     for split in ("val", "test"):
-        probs = predict(model, splits[split])
-        metrics[split] = classification_report(splits[split].targets, probs, LABELS)
+        probs = softmax(logits[split], temperature)
+        metrics[split] = split_report(splits[split], probs)
+        before = calibration_bins(splits[split].targets, softmax(logits[split]))
+        metrics[split]["calibration"] = {"uncalibrated": before["ece"], **calibration_bins(splits[split].targets, probs)}
+        plot_reliability({"before (T = 1)": before, f"after (T = {temperature:.2f})": metrics[split]["calibration"]},
+                         out / f"reliability_{split}.png", f"{cfg['model']} ({split}), 15 bins")
         plot_confusion(metrics[split]["confusion_matrix"], list(LABELS), out / f"confusion_{split}.png", f"{cfg['model']} ({split})")
         plot_roc(np.asarray(splits[split].targets), probs, list(LABELS), out / f"roc_{split}.png", f"{cfg['model']} ({split})")
-    print("test accuracy", metrics["test"]["accuracy"], "macro-F1", metrics["test"]["macro_f1"], "->", out, flush=True)
+    print("test accuracy", metrics["test"]["accuracy"], "macro-F1", metrics["test"]["macro_f1"],
+          f"temperature {temperature:.3f}, train {trainer.seconds / 60:.1f} min ->", out, flush=True)
     return run.finish(metrics, weights_name)
 
 

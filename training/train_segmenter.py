@@ -21,7 +21,7 @@ from training.common import (
     REPO, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
 )
 from training.data.datasets import SegmentationDataset
-from training.data.manifest import read_manifest
+from training.data.manifest import read_manifests
 from training.metrics import segmentation_report
 from training.models import create_model
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_unservable_ship(args.ship, spec, spec.weights, LUNG_SEGMENTATION)
 
     def with_masks(split: str) -> list:
-        return [r for r in read_manifest(args.manifest, split) if r.mask is not None][: args.limit]
+        return [r for r in read_manifests(args.manifest, split) if r.mask is not None][: args.limit]
 
     train = SegmentationDataset(with_masks("train"), spec, augment=True)
     val = SegmentationDataset(with_masks("val"), spec)

@@ -58,7 +58,7 @@ class Triaged:
     """What the ensemble returned for one image (see :class:`client.grpc_client.TriageOutput`)."""
 
     label: str
-    probabilities: dict[str, float]
+    probabilities: dict[str, float | None]  # None: untrained label, left out of the SR
     triage: dict
     lung_fraction: float
     lung_mask: np.ndarray  # (256, 256) uint8 in the letterboxed network frame
@@ -116,6 +116,8 @@ def build_sr(source: Dataset, result: Triaged | None, error: str | None = None, 
         for reason in result.triage.get("reasons", []):
             items.append(_text("reason", reason))
         for label, p in result.probabilities.items():
+            if p is None:  # untrained label (cxr.labels.UNTRAINED): not reported
+                continue
             num = hd.sr.NumContentItem(CONCEPTS["probability"], float(p), hd.sr.CodedConcept("1", "UCUM", "no units"),
                                        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
             num.ContentSequence = [hd.sr.CodeContentItem(codes.DCM.Finding, FINDING_CODES[label],

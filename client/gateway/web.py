@@ -39,11 +39,15 @@ PAGE = """<!doctype html>
 </body></html>"""
 
 
+def _probability(p: float | None) -> str:
+    return "untrained (no training data)" if p is None else f"{p:.3f}"
+
+
 def _result_html(name: str, out, overlay_png: str = "") -> str:
     if out.error is not None:
         return f'<p class="error" id="error">{html.escape(name)}: {html.escape(out.error)}</p>'
     priority = out.triage["priority"]
-    rows = "".join(f"<tr><td>{label}</td><td>{out.probabilities[label]:.3f}</td></tr>" for label in LABELS)
+    rows = "".join(f"<tr><td>{label}</td><td>{_probability(out.probabilities[label])}</td></tr>" for label in LABELS)
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in out.triage.get("reasons", []))
     return f"""
 <h2 id="result">{html.escape(name)}</h2>

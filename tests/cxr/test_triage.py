@@ -12,7 +12,10 @@ REPO_THRESHOLDS = __import__("pathlib").Path(__file__).resolve().parents[2] / "c
 
 @pytest.fixture(scope="module")
 def thresholds() -> Thresholds:
-    return Thresholds.load(REPO_THRESHOLDS)
+    """Fixed hand-set thresholds (the shipped file is fitted on data and changes with the models)."""
+    return Thresholds.from_dict({"version": "test", "urgent": {"covid": 0.5, "tb": 0.5},
+                                 "expedited": {"bacterial": 0.5, "viral": 0.5, "covid": 0.25, "tb": 0.25},
+                                 "abnormal_expedited": 0.6, "min_lung_fraction": 0.05})
 
 
 def probs(**kw) -> list[float]:
@@ -29,7 +32,8 @@ def probs(**kw) -> list[float]:
         (probs(normal=0.35, bacterial=0.33, viral=0.32), 0.3, "expedited", "normal"),  # abnormal 0.65
         (probs(normal=0.7, covid=0.3), 0.3, "expedited", "normal"),  # covid above its expedite bar
         (probs(normal=0.95, viral=0.05), 0.01, "expedited", "normal"),  # no lungs found
-        (probs(tb=0.6, normal=0.4), 0.3, "urgent", "tb"),
+        (probs(tb=0.6, normal=0.4), 0.3, "expedited", "normal"),  # tb is untrained: only "abnormal 0.60" counts
+        (probs(tb=0.9, normal=0.05, viral=0.05), 0.3, "expedited", "normal"),  # never the finding, never urgent
     ],
 )
 def test_priorities(thresholds, p, lung, priority, top):
@@ -38,9 +42,14 @@ def test_priorities(thresholds, p, lung, priority, top):
     assert result.reasons and result.thresholds_version == thresholds.version
 
 
-def test_thresholds_file_is_versioned_and_only_names_known_labels(thresholds):
-    assert thresholds.version
-    assert set(thresholds.urgent) | set(thresholds.expedited) <= set(LABELS)
+def test_shipped_thresholds_are_a_fitted_release_without_untrained_labels():
+    from cxr.labels import UNTRAINED
+
+    shipped = Thresholds.load(REPO_THRESHOLDS)
+    assert shipped.version
+    assert set(shipped.urgent) | set(shipped.expedited) <= set(LABELS) - set(UNTRAINED)
+    fitted = json.loads(REPO_THRESHOLDS.read_text())["fitted"]  # what `cxr thresholds fit` recorded
+    assert fitted["split"] == "val" and fitted["targets"] and fitted["n"] > 0
 
 
 def test_bad_thresholds_and_inputs_are_named(tmp_path):

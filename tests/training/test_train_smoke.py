@@ -58,8 +58,48 @@ def test_classifier_smoke(data_dir):
     metrics = main(["--manifest", str(data_dir / "manifest.csv"), "--epochs", "1", "--limit", "24"])
     report = metrics["test"]
     assert report["n"] == 24 and len(report["confusion_matrix"]) == 5
-    assert {"accuracy", "macro_f1", "per_class"} <= set(report)
+    assert {"accuracy", "macro_f1", "per_class", "by_cohort", "calibration"} <= set(report)
+    assert metrics["temperature"] > 0 and metrics["train_seconds"] >= 0
     json.dumps(metrics)  # serialisable as written to metrics.json
+
+
+def test_classifier_stopped_mid_run_resumes_from_its_checkpoint(data_dir, tmp_path, monkeypatch):
+    """Two manifests (the second without masks), a run killed in its second epoch, then ``--resume``: the
+    finished run has both epochs, the first one as it was before the stop, and calibrated weights."""
+    import torch
+
+    import training.train_classifier as trainer
+    from training.common import load_weights
+    from training.data.manifest import KERMANY224_MANIFEST
+    from training.models import create_model
+
+    head = (data_dir / "manifest.csv").read_text().splitlines()[0]
+    rows = [line for line in KERMANY224_MANIFEST.read_text().splitlines()[1:] if "person" in line][:40]
+    small = tmp_path / "k224.csv"  # 40 mask-less kermany224 rows, image paths made absolute
+    small.write_text(head + "\n" + "\n".join(f"{KERMANY224_MANIFEST.parent}/{r}" for r in rows) + "\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    argv = ["--manifest", str(data_dir / "manifest.csv"), "--manifest", str(small), "--epochs", "2", "--limit", "60",
+            "--resume", str(run)]
+    real_epoch, calls = trainer.train_epoch, []
+
+    def stop_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("stopped")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_epoch", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.main(argv)
+    first = torch.load(run / "checkpoint.pt", weights_only=False)["history"]
+    assert [h["epoch"] for h in first] == [1]
+    monkeypatch.setattr(trainer, "train_epoch", real_epoch)
+    metrics = trainer.main(argv)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["history"][0] == first[0]
+    assert set(metrics["test"]["by_cohort"]) <= {"cohen", "kermany", "kermany224"}
+    model = create_model(metrics["model"], num_classes=5)
+    assert load_weights(model, run / "mobilenetv2_mdconv_ma.pt")["temperature"] == metrics["temperature"]
 
 
 def test_cascade_stage2_smoke(data_dir):
@@ -103,3 +143,15 @@ def test_score_segmenter_on_both_grids_agrees_with_the_trainer_at_the_served_siz
     at_192 = score(weights, 192, manifest=manifest, limit=6)
     assert at_192["served_grid"]["n"] == 6 and 0.5 < at_192["served_grid"]["iou"] < 1
     assert at_192["served_grid"] != at_192["own_grid"]
+
+
+def test_seeded_report_trains_each_model_per_seed_and_gives_mean_and_sd(data_dir, tmp_path):
+    from training.report import main
+
+    argv = ["--models", "mobilenetv2", "--size", "64", "--epochs", "1", "--limit", "24", "--seeds", "1", "2",
+            "--manifest", str(data_dir / "manifest.csv"), "--out", str(tmp_path)]
+    rows = main(argv)
+    assert [r["seed"] for r in rows] == [1, 2]
+    table = (tmp_path / "seeded.md").read_text()
+    assert "| mobilenetv2 | 64 | 1 | 2 |" in table and " +- " in table
+    assert main(argv) == rows  # cached per seed

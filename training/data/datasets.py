@@ -24,10 +24,17 @@ def load_unit(record: Record, prepare: PrepareInput) -> np.ndarray:
     return prepare.unit(decoded.pixels)[0]
 
 
-def geometric_augment(p: float = 0.9) -> A.Compose:
-    """Shift/scale/rotate (MANet's segmentation augmentation), applied identically to image and mask."""
+def geometric_augment(p: float = 0.9, aspect_jitter: tuple[float, float] = (1.0, 1.0)) -> A.Compose:
+    """Shift/scale/rotate (MANet's segmentation augmentation), applied identically to image and mask.
+
+    ``aspect_jitter=(lo, hi)`` scales the height independently of the width by a further factor in
+    ``[lo, hi]``: the letterboxed originals (wider than tall, bands above and below) stretched towards the
+    square, and 224 px squares (squashed by their source) squeezed towards the originals' aspect ratio.
+    """
+    lo, hi = aspect_jitter
+    scale = (0.9, 1.1) if (lo, hi) == (1.0, 1.0) else {"x": (0.9, 1.1), "y": (0.9 * lo, 1.1 * hi)}
     return A.Compose(
-        [A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=p)]
+        [A.Affine(translate_percent=(-0.06, 0.06), scale=scale, rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=p)]
     )
 
 
@@ -69,7 +76,8 @@ class ClassificationDataset(Dataset):
     """``(image (1, H, W), lung_mask (1, H, W), label index)``; masks are the segmenter's predictions."""
 
     def __init__(
-        self, records: Sequence[Record], spec: ModelSpec, lung_masks: Sequence[np.ndarray], augment: bool = False
+        self, records: Sequence[Record], spec: ModelSpec, lung_masks: Sequence[np.ndarray], augment: bool = False,
+        aspect_jitter: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         if len(lung_masks) != len(records):
             raise ValueError(f"{len(records)} records but {len(lung_masks)} lung masks")
@@ -79,7 +87,7 @@ class ClassificationDataset(Dataset):
         self.masks = [m if m.shape == size else cv2.resize(m, size[::-1], interpolation=cv2.INTER_NEAREST)
                       for m in lung_masks]
         self.targets = [label_index(r.label) for r in self.records]
-        self.geometric = geometric_augment(p=0.8) if augment else None
+        self.geometric = geometric_augment(p=0.8, aspect_jitter=aspect_jitter) if augment else None
         self.intensity = intensity_augment() if augment else None
 
     def __len__(self) -> int:

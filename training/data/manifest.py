@@ -5,8 +5,12 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 DEFAULT_MANIFEST = Path(os.environ.get("CXR_DATA", Path(__file__).resolve().parents[2] / "../shared/data/cxr")) / "manifest.csv"
+DATA_ROOT = DEFAULT_MANIFEST.parent.parent
+"""The folder holding the shared data sets; a config's ``manifests`` are relative to it."""
+KERMANY224_MANIFEST = DATA_ROOT / "kermany224" / "manifest.csv"
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,14 @@ class Record:
     source: str
     patient_id: str
     split: str
+
+    @property
+    def cohort(self) -> str:
+        """Where the image comes from, by file-name prefix: ``cohen``, ``kermany`` (512 px) or ``kermany224``.
+
+        Metrics are reported per cohort: the sources differ in population, resolution and framing.
+        """
+        return self.image.name.split("_", 1)[0]
 
 
 def read_manifest(path: str | Path = DEFAULT_MANIFEST, split: str | None = None) -> list[Record]:
@@ -47,3 +59,25 @@ def read_manifest(path: str | Path = DEFAULT_MANIFEST, split: str | None = None)
             for row in reader
         ]
     return [r for r in rows if split is None or r.split == split]
+
+
+def read_manifests(paths: str | Path | Sequence[str | Path], split: str | None = None) -> list[Record]:
+    """Rows of one or more manifests, in order (see :func:`read_manifest`).
+
+    Raises:
+        ValueError: two manifests put the same patient into different splits (the splits would leak).
+    """
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    records = [r for path in paths for r in read_manifest(path)]
+    splits: dict[str, str] = {}
+    for r in records:
+        if r.patient_id and splits.setdefault(r.patient_id, r.split) != r.split:
+            raise ValueError(f"patient {r.patient_id} is in split {splits[r.patient_id]!r} and {r.split!r} "
+                             f"across {[str(p) for p in paths]}")
+    return [r for r in records if split is None or r.split == split]
+
+
+def resolve_manifest(path: str | Path) -> Path:
+    """A manifest path as given, or relative to :data:`DATA_ROOT` (how configs name them)."""
+    path = Path(path)
+    return path if path.is_absolute() or path.exists() else DATA_ROOT / path

@@ -1,0 +1,253 @@
+"""``cxr thresholds fit``: choose the triage thresholds on labelled data so that named sensitivities hold.
+
+    cxr thresholds fit --manifest A [--manifest B] [--split val] --sensitivity abnormal=0.95 \\
+        --sensitivity covid=0.95 [--base configs/triage_thresholds.json] [--out F] [--publish]
+
+Targets: ``abnormal=S`` (every study whose label is not ``normal`` gets at least ``expedited`` with
+sensitivity >= S; fitted: ``abnormal_expedited``, the only expedited rule after the fit, so that every normal
+study below it stays ``routine``) and ``LABEL=S`` (studies of that label get ``urgent`` with sensitivity >= S;
+fitted: ``urgent[LABEL]``). Each threshold is the *largest* that meets its target on the fitting data
+(fewest studies moved up). Untrained labels (:data:`cxr.labels.UNTRAINED`) are dropped from the thresholds.
+
+Every study is scored once through the repository's served graphs (stage-1 probabilities, lung fraction and the
+cascade's stage-2 covid probability); priorities under candidate thresholds are then the served decision
+itself (:func:`cxr.triage.triage`, plus stage 2 where :func:`cxr.triage.needs_stage2` selects it). Writes a
+new thresholds file (version bumped; targets, fitted numbers and the data recorded in ``fitted``) and prints
+sensitivity, specificity and the share of studies per priority on the fitting data and on ``test``, with
+patient-bootstrap 95 % intervals. ``--publish`` makes it a release of the repository (``cxr models promote``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from cxr.labels import LABELS, UNTRAINED
+from cxr.triage import PRIORITIES, Thresholds, needs_stage2, triage, with_stage2
+from training.data.manifest import Record, read_manifests
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "configs" / "triage_thresholds.json"
+
+
+@dataclass
+class Scored:
+    """What the served pipeline computes for each study of a split, before thresholds."""
+
+    records: list[Record]
+    probabilities: np.ndarray  # (N, labels), calibrated stage 1
+    lung_fraction: np.ndarray  # (N,)
+    covid_stage2: np.ndarray  # (N,), stage 2 run on every study (used only where the thresholds call for it)
+
+
+def score(manifests: list[Path], split: str, repository: str | Path, batch: int = 8) -> Scored:
+    from client.local_pipeline import LocalPipeline
+    from cxr.cascade import stage2_input
+    from cxr.lungmask import lung_fraction, postprocess_mask
+
+    records = read_manifests(manifests, split)
+    if not records:
+        raise ValueError(f"{[str(m) for m in manifests]} have no rows for split {split!r}")
+    pipeline = LocalPipeline(repository)
+    probs, fractions, covid = [], [], []
+    for start in range(0, len(records), batch):
+        seg_in, cls_in = pipeline.prepare([r.image.read_bytes() for r in records[start : start + batch]])
+        raw = pipeline.segment(seg_in)
+        masks = [postprocess_mask(m[0]) for m in raw]
+        probs.append(pipeline.classify(cls_in, raw))
+        fractions.extend(lung_fraction(m) for m in masks)
+        covid.append(pipeline.stage2(np.stack([stage2_input(c, m) for c, m in zip(cls_in, masks)])))
+    return Scored(records, np.concatenate(probs), np.array(fractions), np.concatenate(covid))
+
+
+def priorities(scored: Scored, thresholds: Thresholds) -> np.ndarray:
+    """The served priority of every study under ``thresholds`` (index into :data:`cxr.triage.PRIORITIES`)."""
+    out = []
+    for p, fraction, covid in zip(scored.probabilities, scored.lung_fraction, scored.covid_stage2):
+        result = triage(p, float(fraction), thresholds)
+        if needs_stage2(p, thresholds):
+            result = with_stage2(result, float(covid), thresholds)
+        out.append(PRIORITIES.index(result.priority))
+    return np.array(out)
+
+
+def _positives(scored: Scored, target: str) -> np.ndarray:
+    labels = np.array([r.label for r in scored.records])
+    return labels != "normal" if target == "abnormal" else labels == target
+
+
+def _at_least(target: str) -> int:
+    return PRIORITIES.index("expedited" if target == "abnormal" else "urgent")
+
+
+def _with(thresholds: Thresholds, target: str, value: float) -> Thresholds:
+    if target == "abnormal":
+        return replace(thresholds, abnormal_expedited=value)
+    return replace(thresholds, urgent={**thresholds.urgent, target: value})
+
+
+def fit_one(scored: Scored, thresholds: Thresholds, target: str, sensitivity: float) -> float:
+    """The largest threshold for ``target`` at which its sensitivity on ``scored`` is still >= ``sensitivity``."""
+    positive = _positives(scored, target)
+    if not positive.any():
+        raise ValueError(f"no {target} studies in the fitting data: cannot fit its sensitivity")
+    score = 1 - scored.probabilities[:, 0] if target == "abnormal" else scored.probabilities[:, LABELS.index(target)]
+    candidates = np.unique(score[positive])  # ascending; sensitivity only falls as the threshold rises
+
+    def meets(value: float) -> bool:
+        hits = priorities(scored, _with(thresholds, target, value))[positive] <= _at_least(target)
+        return hits.mean() >= sensitivity
+
+    lo, hi = 0, len(candidates) - 1  # binary search for the last candidate that still meets the target
+    if not meets(float(candidates[0])):
+        raise ValueError(f"{target}: sensitivity {sensitivity} is out of reach even at threshold {candidates[0]:.4f}")
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if meets(float(candidates[mid])) else (lo, mid - 1)
+    best = float(candidates[lo])
+    return float(np.floor(best * 1e4) / 1e4)  # rounded down: the printed threshold still meets the target
+
+
+def operating_report(scored: Scored, thresholds: Thresholds, targets: dict[str, float], resamples: int = 1000,
+                     seed: int = 0) -> dict:
+    """Per target: sensitivity and specificity at its level; share of all studies and of normal studies per
+    priority; each with a patient-bootstrap 95 % interval."""
+    level = priorities(scored, thresholds)
+    normal = _positives(scored, "normal")
+    patients = np.array([r.patient_id or str(r.image) for r in scored.records])
+    members = [np.flatnonzero(patients == p) for p in dict.fromkeys(patients.tolist())]
+
+    def numbers(idx: np.ndarray) -> dict[str, float]:
+        out = {}
+        for target in targets:
+            positive, hit = _positives(scored, target)[idx], level[idx] <= _at_least(target)
+            out[f"{target}_sensitivity"] = float(hit[positive].mean()) if positive.any() else np.nan
+            out[f"{target}_specificity"] = float((~hit[~positive]).mean()) if (~positive).any() else np.nan
+        for k, name in enumerate(PRIORITIES):
+            out[f"share_{name}"] = float((level[idx] == k).mean())
+            out[f"normal_{name}"] = float((level[idx][normal[idx]] == k).mean()) if normal[idx].any() else np.nan
+        return out
+
+    point = numbers(np.arange(len(level)))
+    rng = np.random.default_rng(seed)
+    draws = [numbers(np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))]))
+             for _ in range(resamples)]
+    return {key: {"value": value, "ci95": [float(np.nanpercentile([d[key] for d in draws], 2.5)),
+                                           float(np.nanpercentile([d[key] for d in draws], 97.5))]}
+            for key, value in point.items()} | {"n": len(level), "normal_n": int(normal.sum())}
+
+
+def next_version(version: str, today: str | None = None) -> str:
+    """``YYYY-MM-DD.N``: today's date, N one more than ``version``'s if that is from today, else 1."""
+    today = today or time.strftime("%Y-%m-%d")
+    date, _, n = version.partition(".")
+    return f"{today}.{int(n) + 1 if date == today and n.isdigit() else 1}"
+
+
+def fit(base: Thresholds, scored: Scored, targets: dict[str, float]) -> Thresholds:
+    """``base`` with untrained labels dropped, the expedited rules reduced to ``abnormal_expedited`` when that is
+    a target, and each target's threshold fitted: the urgent ones first (an urgent study is also "expedited or
+    higher", so they move the abnormal target; ``abnormal_expedited`` moves no urgent one), then abnormal."""
+    fitted = replace(base, urgent={k: v for k, v in base.urgent.items() if k not in UNTRAINED},
+                     expedited={} if "abnormal" in targets else
+                     {k: v for k, v in base.expedited.items() if k not in UNTRAINED})
+    for target in sorted(targets, key=lambda t: t == "abnormal"):
+        fitted = _with(fitted, target, fit_one(scored, fitted, target, targets[target]))
+    return fitted
+
+
+def _shared_name(manifest: Path) -> str:
+    """A manifest as recorded: relative to the shared data folder when it lies there (portable), else as is."""
+    from training.data.manifest import DATA_ROOT
+
+    try:
+        return str(manifest.resolve().relative_to(DATA_ROOT.resolve()))
+    except ValueError:
+        return str(manifest)
+
+
+def parse_targets(items: list[str]) -> dict[str, float]:
+    targets = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in ("abnormal", *LABELS) or name in ("normal", *UNTRAINED):
+            raise ValueError(f"--sensitivity {item!r}: expected abnormal=S or LABEL=S with LABEL a trained abnormal "
+                             f"label ({', '.join(l for l in LABELS if l != 'normal' and l not in UNTRAINED)})")
+        targets[name] = float(value)
+        if not 0 < targets[name] <= 1:
+            raise ValueError(f"--sensitivity {item!r}: S must be in (0, 1]")
+    return targets
+
+
+def print_report(title: str, report: dict, targets: dict[str, float]) -> None:
+    def cell(key: str) -> str:
+        v = report[key]
+        return f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+
+    print(f"{title} ({report['n']} studies, {report['normal_n']} normal; 95 % patient-bootstrap intervals)")
+    for target, goal in targets.items():
+        level = "expedited or higher" if target == "abnormal" else "urgent"
+        print(f"  {target:<9} -> {level:<19} sensitivity {cell(f'{target}_sensitivity')} (target {goal:.2f})  "
+              f"specificity {cell(f'{target}_specificity')}")
+    print("  share of studies: " + "  ".join(f"{p} {cell(f'share_{p}')}" for p in PRIORITIES))
+    print("  normal studies:   " + "  ".join(f"{p} {cell(f'normal_{p}')}" for p in PRIORITIES))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from training.data.manifest import DEFAULT_MANIFEST, resolve_manifest
+
+    parser = argparse.ArgumentParser(prog="cxr thresholds", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit_cmd = sub.add_parser("fit", help="fit thresholds to sensitivity targets on labelled data")
+    fit_cmd.add_argument("--manifest", action="append", help="manifest CSV (repeat; default: the shared cxr set)")
+    fit_cmd.add_argument("--split", default="val", help="the split the thresholds are fitted on")
+    fit_cmd.add_argument("--report-split", default="test", help="also report on this split ('none': skip)")
+    fit_cmd.add_argument("--sensitivity", action="append", required=True, help="abnormal=S or LABEL=S (repeat)")
+    fit_cmd.add_argument("--base", default=str(SHIPPED), help="thresholds file the fit starts from")
+    fit_cmd.add_argument("--out", help="where the fitted file goes (default: build/thresholds/<version>.json)")
+    fit_cmd.add_argument("--repository", default="build/model_repository")
+    fit_cmd.add_argument("--resamples", type=int, default=1000)
+    fit_cmd.add_argument("--publish", action="store_true", help="publish it as a release of --repository")
+    args = parser.parse_args(argv)
+
+    targets = parse_targets(args.sensitivity)
+    manifests = [resolve_manifest(m) for m in (args.manifest or [DEFAULT_MANIFEST])]
+    base_raw = json.loads(Path(args.base).read_text())
+    fitting = score(manifests, args.split, args.repository)
+    fitted = fit(Thresholds.from_dict(base_raw), fitting, targets)
+    version = next_version(base_raw["version"])
+    reports = {args.split: operating_report(fitting, fitted, targets, args.resamples)}
+    if args.report_split != "none":
+        reports[args.report_split] = operating_report(score(manifests, args.report_split, args.repository), fitted,
+                                                      targets, args.resamples)
+    from export.release import serving_pins
+
+    raw = {**base_raw, "version": version, "urgent": fitted.urgent, "expedited": fitted.expedited,
+           "abnormal_expedited": fitted.abnormal_expedited,
+           "description": base_raw.get("description", "") + f" Fitted by `cxr thresholds fit` ({version}).",
+           "fitted": {"targets": targets, "from": base_raw["version"], "split": args.split,
+                      "manifests": [_shared_name(m) for m in manifests], "n": len(fitting.records),
+                      "repository_pins": serving_pins(args.repository),
+                      "results": {split: {k: v for k, v in r.items()} for split, r in reports.items()}}}
+    out = Path(args.out or REPO / "build" / "thresholds" / f"{version}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(raw, indent=2) + "\n")
+    Thresholds.load(out)  # the written file is valid
+    for split, report in reports.items():
+        print_report(f"{split}{' (fitted here)' if split == args.split else ''}", report, targets)
+    print(f"fitted: abnormal_expedited {fitted.abnormal_expedited}, urgent {fitted.urgent}, expedited {fitted.expedited}")
+    print(f"wrote {out} (version {version})")
+    if args.publish:
+        from export.release import publish_thresholds
+
+        print(f"release {publish_thresholds(args.repository, out)} published (cxr models promote)")
+    return raw
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Thresholds fitted to sensitivity targets: each is the largest that meets its target, on the served decision."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr.labels import LABELS
+
+
+def _scored(n: int = 400, seed: int = 0):
+    from client.thresholds import Scored
+    from training.data.manifest import Record
+
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(["normal", "bacterial", "viral", "covid"], n, p=[0.3, 0.3, 0.25, 0.15])
+    logits = rng.normal(0, 1, (n, len(LABELS)))
+    logits[np.arange(n), [LABELS.index(label) for label in labels]] += 2.0
+    logits[:, LABELS.index("tb")] = -5
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    records = [Record(Path(f"x_{i}.jpg"), None, label, "s", f"p{i // 2}", "val") for i, label in enumerate(labels)]
+    return Scored(records, probs, np.full(n, 0.3), rng.random(n))
+
+
+def test_fitted_thresholds_meet_each_target_and_are_the_largest_that_do():
+    from client.thresholds import _at_least, _positives, _with, fit, operating_report, priorities
+    from cxr.triage import Thresholds
+
+    scored = _scored()
+    base = Thresholds.load(Path(__file__).resolve().parents[2] / "configs" / "triage_thresholds.json")
+    targets = {"abnormal": 0.95, "covid": 0.9}
+    fitted = fit(base, scored, targets)
+    assert "tb" not in fitted.urgent and fitted.expedited == {}  # untrained label dropped; one expedited rule
+    report = operating_report(scored, fitted, targets, resamples=50)
+    for target, goal in targets.items():
+        assert report[f"{target}_sensitivity"]["value"] >= goal
+        value = fitted.abnormal_expedited if target == "abnormal" else fitted.urgent[target]
+        tighter = _with(fitted, target, value + 0.002)  # a little higher and the target fails
+        positive = _positives(scored, target)
+        assert (priorities(scored, tighter)[positive] <= _at_least(target)).mean() < goal
+    shares = sum(report[f"share_{p}"]["value"] for p in ("urgent", "expedited", "routine"))
+    assert shares == pytest.approx(1.0)
+    lo, hi = report["abnormal_sensitivity"]["ci95"]
+    assert lo <= report["abnormal_sensitivity"]["value"] <= hi
+
+
+def test_versions_and_targets_are_parsed_strictly():
+    from client.thresholds import next_version, parse_targets
+
+    assert next_version("2026-12-01.2", today="2026-12-01") == "2026-12-01.3"
+    assert next_version("2026-11-22.2", today="2026-12-01") == "2026-12-01.1"
+    assert parse_targets(["abnormal=0.95", "covid=0.9"]) == {"abnormal": 0.95, "covid": 0.9}
+    for bad in ("tb=0.9", "normal=0.9", "covid", "covid=1.5", "cat=0.5"):
+        with pytest.raises(ValueError):
+            parse_targets([bad])
