@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmarks import raw as raw_bench
 from benchmarks.images import benchmark_images
+from cxr.cpu import cpu_line, describe_cpu
 
 GOAL_SPEEDUP, GOAL_MAX_LOSS = 1.5, 0.01
 
@@ -36,9 +37,7 @@ def measure(manifest: str) -> dict:
         (row,) = raw_bench.measure(repository, blobs, batches=(8,))["rows"]
         result[precision] = {"repository": repository, "segmentation_ms": row["segmentation_ms"],
                              "classification_ms": row["classification_ms"], "raw_img_s": row["img_s"],
-                             **scores(evaluate(manifest, "test", None, repository))}
-    from cxr.cpu import describe_cpu
-
+                             **scores(evaluate(manifest, "test", None, repository, resamples=0))}
     result["cpu"] = describe_cpu()
     build = json.loads((Path(result["int8"]["repository"]) / "build.json").read_text())
     result["int8_build"] = {k: build["int8"][k] for k in ("format", "host", "agreement")}
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
     cpu, check = result["cpu"], result["int8_build"]
-    print(f"CPU: {cpu['model']} ({cpu['vendor']}), ISA class {cpu['isa']}, flags {' '.join(cpu['flags'])}")
+    print(cpu_line(cpu))
     print(f"INT8: {check['format']}; checked at build on {check['host']['model']} ({check['host']['isa']}): mask IoU "
           f"{check['agreement']['mask_iou']:.4f}, mean |dp| {check['agreement']['mean_abs_dp']:.4f}, top-1 agreement "
           f"{check['agreement']['top1_agreement']:.2f} on {check['agreement']['images']} val images")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from benchmarks import raw as raw_bench
 from benchmarks.images import benchmark_images
-from cxr.cpu import describe_cpu
+from cxr.cpu import cpu_line, describe_cpu
 from benchmarks.load import requests_for, run_load
 from benchmarks.triton_stats import breakdown, snapshot
 
@@ -172,7 +172,7 @@ def plot(profiles: dict[str, dict], baseline: list[dict], path: Path) -> None:
 
 def print_report(result: dict) -> None:
     cpu = result["cpu"]
-    print(f"CPU: {cpu['model']} ({cpu['vendor']}), ISA class {cpu['isa']}, flags {' '.join(cpu['flags'])}\n")
+    print(cpu_line(cpu) + "\n")
     for profile, measured in result["profiles"].items():
         print(f"== raw pipeline, profile {profile}")
         raw_bench.print_table(measured["raw"])

@@ -21,16 +21,9 @@ import numpy as np
 from cxr.labels import LABELS, label_index
 from cxr.lungmask import read_mask
 from cxr.specs import LUNG_SEGMENTATION
-from training.data.manifest import Record, read_manifests
+from training.data.manifest import Record, read_split
 from training.metrics import (bootstrap_intervals, calibration_bins, classification_report, headline,
                               segmentation_report)
-
-
-def _records(manifests: Sequence[Path], split: str | None) -> list[Record]:
-    records = read_manifests(manifests, split)
-    if not records:
-        raise ValueError(f"{[str(m) for m in manifests]} have no rows for split {split!r}")
-    return records
 
 
 def _predict(records: list[Record], url: str | None, repository, batch_size: int, onnx_files) -> tuple[list, list, list]:
@@ -75,7 +68,7 @@ def evaluate(manifest: str | Path | Sequence[str | Path], split: str | None = "t
     repository serves (``model.int8.onnx`` in a ``cpu-int8`` repository), or ``onnx_files`` in their place
     (``{role: path}``: a candidate version, for the release gates). ``manifest``: one path or several."""
     manifests = [Path(manifest)] if isinstance(manifest, (str, Path)) else [Path(m) for m in manifest]
-    records = _records(manifests, split)
+    records = read_split(manifests, split)
     probs, masks, errors = _predict(records, url, repository, batch_size, onnx_files)
     ok = [i for i, p in enumerate(probs) if not np.isnan(p).any()]
     seg_pairs = [(masks[i], read_mask(records[i].mask, LUNG_SEGMENTATION.input_size)) for i in ok if records[i].mask]

@@ -28,7 +28,8 @@ import numpy as np
 
 from cxr.labels import LABELS, UNTRAINED
 from cxr.triage import PRIORITIES, Thresholds, needs_stage2, triage, with_stage2
-from training.data.manifest import Record, read_manifests
+from training.data.manifest import Record, read_split
+from training.metrics import group_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "configs" / "triage_thresholds.json"
@@ -49,9 +50,7 @@ def score(manifests: list[Path], split: str, repository: str | Path, batch: int 
     from cxr.cascade import stage2_input
     from cxr.lungmask import lung_fraction, postprocess_mask
 
-    records = read_manifests(manifests, split)
-    if not records:
-        raise ValueError(f"{[str(m) for m in manifests]} have no rows for split {split!r}")
+    records = read_split(manifests, split)
     pipeline = LocalPipeline(repository)
     probs, fractions, covid = [], [], []
     for start in range(0, len(records), batch):
@@ -118,8 +117,7 @@ def operating_report(scored: Scored, thresholds: Thresholds, targets: dict[str, 
     priority; each with a patient-bootstrap 95 % interval."""
     level = priorities(scored, thresholds)
     normal = _positives(scored, "normal")
-    patients = np.array([r.patient_id or str(r.image) for r in scored.records])
-    members = [np.flatnonzero(patients == p) for p in dict.fromkeys(patients.tolist())]
+    patients = [r.patient_id or str(r.image) for r in scored.records]
 
     def numbers(idx: np.ndarray) -> dict[str, float]:
         out = {}
@@ -132,13 +130,9 @@ def operating_report(scored: Scored, thresholds: Thresholds, targets: dict[str, 
             out[f"normal_{name}"] = float((level[idx][normal[idx]] == k).mean()) if normal[idx].any() else np.nan
         return out
 
-    point = numbers(np.arange(len(level)))
-    rng = np.random.default_rng(seed)
-    draws = [numbers(np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))]))
-             for _ in range(resamples)]
-    return {key: {"value": value, "ci95": [float(np.nanpercentile([d[key] for d in draws], 2.5)),
-                                           float(np.nanpercentile([d[key] for d in draws], 97.5))]}
-            for key, value in point.items()} | {"n": len(level), "normal_n": int(normal.sum())}
+    intervals = group_bootstrap(patients, numbers, resamples, seed)
+    return {key: {"value": value, "ci95": intervals.get(key)} for key, value in numbers(np.arange(len(level))).items()} | {
+        "n": len(level), "normal_n": int(normal.sum())}
 
 
 def next_version(version: str, today: str | None = None) -> str:
@@ -186,7 +180,7 @@ def parse_targets(items: list[str]) -> dict[str, float]:
 def print_report(title: str, report: dict, targets: dict[str, float]) -> None:
     def cell(key: str) -> str:
         v = report[key]
-        return f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+        return f"{v['value']:.3f}" + (f" [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v["ci95"] else "")
 
     print(f"{title} ({report['n']} studies, {report['normal_n']} normal; 95 % patient-bootstrap intervals)")
     for target, goal in targets.items():

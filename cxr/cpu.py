@@ -48,6 +48,11 @@ def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     }
 
 
+def cpu_line(cpu: dict) -> str:
+    """How a benchmark names the CPU of its figures (one :func:`describe_cpu` result)."""
+    return f"CPU: {cpu['model']} ({cpu['vendor']}), ISA class {cpu['isa']}, flags {' '.join(cpu['flags'])}"
+
+
 def int8_host_note(record: dict | None, host: dict) -> tuple[bool, str]:
     """Compare an INT8 repository's build record (``build.json["int8"]``) with this ``host``.
 

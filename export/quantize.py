@@ -94,11 +94,9 @@ def quantize_repository(repository: str | Path, out: str | Path, blobs: list[byt
 
 def calibration_blobs(count: int = 64, manifest: str | Path | None = None, split: str = "train") -> list[bytes]:
     """``count`` images of ``split`` spread evenly over the manifest (labels and sources), deterministic."""
-    from training.data.manifest import DEFAULT_MANIFEST, read_manifest
+    from training.data.manifest import DEFAULT_MANIFEST, evenly, read_manifest
 
-    records = read_manifest(manifest or DEFAULT_MANIFEST, split)
-    step = max(1, len(records) // count)
-    return [r.image.read_bytes() for r in records[::step][:count]]
+    return [r.image.read_bytes() for r in evenly(read_manifest(manifest or DEFAULT_MANIFEST, split), count)]
 
 
 def answers(repository: str | Path, blobs: list[bytes], onnx_files: dict[str, str | Path] | None = None) -> dict:

@@ -195,10 +195,10 @@ def publish(repository: str | Path, role: str, weights: str | Path, *, tolerance
         install_python_model(ONNX_ADAPTER, version_dir)
         candidate_files = {role: version_dir / "model.onnx"}
         if "metrics" not in serving:  # the serving release's own numbers, measured once on the same split
-            serving["metrics"] = evaluate(manifest, split, repository=repository)
+            serving["metrics"] = evaluate(manifest, split, repository=repository, resamples=0)  # gates: point metrics
             save_state(repository, state)
         name, before = _quality(role, serving["metrics"])
-        report = evaluate(manifest, split, repository=repository, onnx_files=candidate_files)
+        report = evaluate(manifest, split, repository=repository, onnx_files=candidate_files, resamples=0)
         _, after = _quality(role, report)
         record["metrics"] = {"segmentation": report["segmentation"], "classification": {
             k: report["classification"][k] for k in ("accuracy", "macro_f1")}}

@@ -1,7 +1,7 @@
 """Segmentation and classification metrics, shared by training, ``cxr evaluate`` and reports."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
@@ -100,20 +100,31 @@ def headline(y_true: Sequence[int], probs: np.ndarray) -> dict[str, float | None
             "ece": calibration_bins(y_true, probs)["ece"]}
 
 
-def bootstrap_intervals(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str], resamples: int = 1000,
-                        seed: int = 0, level: float = 0.95) -> dict[str, list[float] | None]:
-    """Percentile intervals of :func:`headline` over ``resamples`` resamples of whole ``groups`` (patients) with
-    replacement: images of one patient are not independent, so they are drawn together."""
-    y_true, groups = np.asarray(y_true), np.asarray(groups)
+def group_bootstrap(groups: Sequence[str], statistic: Callable[[np.ndarray], dict[str, float | None]],
+                    resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float] | None]:
+    """Percentile intervals of every value of ``statistic(indices)`` over ``resamples`` resamples of whole
+    ``groups`` (patients) with replacement: images of one patient are not independent, so they are drawn
+    together. A key whose value is undefined (None or NaN) in more than half the resamples gets None;
+    ``resamples=0`` gives no intervals (``{}``)."""
+    groups = np.asarray(groups)
     members = [np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())]
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
     for _ in range(resamples):
         idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        for key, value in headline(y_true[idx], probs[idx]).items():
-            if value is not None:
-                draws.setdefault(key, []).append(value)
+        for key, value in statistic(idx).items():
+            draws.setdefault(key, [])
+            if value is not None and not np.isnan(value):
+                draws[key].append(value)
     tail = 100 * (1 - level) / 2
-    return {key: ([float(np.percentile(draws[key], tail)), float(np.percentile(draws[key], 100 - tail))]
-                  if len(draws.get(key, ())) >= resamples // 2 else None)
-            for key in ("accuracy", "macro_f1", "abnormal_auc", "ece")}
+    return {key: ([float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+                  if len(values) >= max(1, resamples // 2) else None)
+            for key, values in draws.items()}
+
+
+def bootstrap_intervals(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str], resamples: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict[str, list[float] | None]:
+    """:func:`group_bootstrap` intervals of :func:`headline` (None for each when ``resamples=0``)."""
+    y_true = np.asarray(y_true)
+    intervals = group_bootstrap(groups, lambda idx: headline(y_true[idx], probs[idx]), resamples, seed, level)
+    return {key: intervals.get(key) for key in ("accuracy", "macro_f1", "abnormal_auc", "ece")}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -31,7 +32,7 @@ from training.common import (
     REPO, WEIGHTS_DIR, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
 )
 from training.data.datasets import CachedImages, ClassificationDataset
-from training.data.manifest import Record, read_manifests
+from training.data.manifest import Record, evenly, read_manifests
 from training.layers.moex import moex_loss
 from training.metrics import calibration_bins, classification_report
 from training.models import create_model
@@ -74,23 +75,10 @@ def predict_logits(model: torch.nn.Module, dataset: ClassificationDataset, batch
     return np.concatenate(logits)
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = np.exp(z - z.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
-
-
 def forward(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits; the lung mask goes only to models with mask attention."""
     image = image.contiguous(memory_format=torch.channels_last)
     return model(image, mask) if getattr(model, "uses_mask", False) else model(image)
-
-
-def spread(records: list[Record], limit: int | None) -> list[Record]:
-    """At most ``limit`` records taken evenly over the list (smoke runs see every manifest and label)."""
-    if not limit or len(records) <= limit:
-        return records
-    return records[:: len(records) // limit][:limit]
 
 
 def split_report(dataset: ClassificationDataset, probs: np.ndarray) -> dict:
@@ -190,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_weights(segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
     splits = {}
     for split in ("train", "val", "test"):
-        records = spread(read_manifests(args.manifest, split), args.limit)
+        records = evenly(read_manifests(args.manifest, split), args.limit)  # --limit: smoke runs see every source
         masks = segment(records, segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
         splits[split] = ClassificationDataset(records, spec, masks, augment=split == "train",
                                               aspect_jitter=tuple(cfg.get("aspect_jitter", (1.0, 1.0))))
@@ -208,8 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
             break
         started = time.perf_counter()
         loss = train_epoch(trainer, loader, cfg, generator, f"cls epoch {epoch}/{epochs}")
-        vals = {name: classification_report(splits["val"].targets, softmax(predict_logits(m, splits["val"])), LABELS)
-                for name, m in trainer.candidates.items()}
+        vals = {name: classification_report(splits["val"].targets, softmax(predict_logits(m, splits["val"]), axis=1),
+                                            LABELS) for name, m in trainer.candidates.items()}
         chosen = max(vals, key=lambda name: vals[name]["macro_f1"])  # the better of raw and EMA weights, on val
         val = vals[chosen]
         trainer.seconds += time.perf_counter() - started
@@ -238,9 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
                "run_dir": str(out), "manifests": [str(m) for m in args.manifest], "train_seconds": round(trainer.seconds),
                "train_images": len(splits["train"]), "temperature": temperature}
     for split in ("val", "test"):
-        probs = softmax(logits[split], temperature)
+        probs = softmax(logits[split] / temperature, axis=1)
         metrics[split] = split_report(splits[split], probs)
-        before = calibration_bins(splits[split].targets, softmax(logits[split]))
+        before = calibration_bins(splits[split].targets, softmax(logits[split], axis=1))
         metrics[split]["calibration"] = {"uncalibrated": before["ece"], **calibration_bins(splits[split].targets, probs)}
         plot_reliability({"before (T = 1)": before, f"after (T = {temperature:.2f})": metrics[split]["calibration"]},
                          out / f"reliability_{split}.png", f"{cfg['model']} ({split}), 15 bins")

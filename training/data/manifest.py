@@ -77,6 +77,21 @@ def read_manifests(paths: str | Path | Sequence[str | Path], split: str | None =
     return [r for r in records if split is None or r.split == split]
 
 
+def read_split(paths: Sequence[str | Path], split: str | None) -> list[Record]:
+    """:func:`read_manifests`, refusing a split with no rows (what evaluating or fitting on it needs)."""
+    records = read_manifests(paths, split)
+    if not records:
+        raise ValueError(f"{[str(p) for p in paths]} have no rows for split {split!r}")
+    return records
+
+
+def evenly(records: list[Record], count: int | None) -> list[Record]:
+    """At most ``count`` records taken evenly over the list (deterministic; every source and label gets its share)."""
+    if not count or len(records) <= count:
+        return records
+    return records[:: len(records) // count][:count]
+
+
 def resolve_manifest(path: str | Path) -> Path:
     """A manifest path as given, or relative to :data:`DATA_ROOT` (how configs name them)."""
     path = Path(path)
