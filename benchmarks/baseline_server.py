@@ -48,9 +48,11 @@ def create_app(threads: int = 2) -> Flask:
             return Response(json.dumps({"error": f"bad image: {exc}"}), status=400, mimetype="application/json")
         with torch.no_grad():
             raw = segmenter(torch.from_numpy(seg_in[None]))
-            _, probs, _ = classifier(torch.from_numpy(cls_in[None]), raw)
-        # the same routing and cascade as the served router
-        (routed,) = route_batch(probs.numpy(), raw.numpy(), cls_in[None], thresholds, run_stage2)
+            _, probs, cam = classifier(torch.from_numpy(cls_in[None]), raw)
+        # the same routing, gate and cascade as the served router
+        (routed,) = route_batch(probs.numpy(), raw.numpy(), cls_in[None], thresholds, run_stage2, cams=cam.numpy())
+        if routed.refused:
+            return Response(json.dumps({"error": f"bad image: {routed.refused}"}), status=400, mimetype="application/json")
         result = routed.result.to_dict()
         result["probabilities"] = dict(zip(LABELS, probs[0].tolist()))
         return Response(json.dumps(result), mimetype="application/json")

@@ -36,9 +36,9 @@ def time_batches(pipeline: LocalPipeline, blobs: list[bytes], batch: int, images
         t1 = time.perf_counter()
         raw = pipeline.segment(seg_in)
         t2 = time.perf_counter()
-        probs = pipeline.classify(cls_in, raw)
+        probs, cam = pipeline.classify(cls_in, raw)
         t3 = time.perf_counter()
-        pipeline.route(probs, raw, cls_in)
+        pipeline.route(probs, cam, raw, cls_in)
         t4 = time.perf_counter()
         for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             stages[key] += dt

@@ -7,7 +7,9 @@ the labels present, per-class P/R/F1/AUC, confusion matrix, normal-vs-abnormal A
 bootstrap 95 % intervals (1,000 resamples of whole patients), the same per cohort (``cohen``, ``kermany``,
 ``kermany224``: the sources differ in population and framing), and lung-mask IoU/Dice where rows have
 masks (a manifest without masks is valid: it scores the classifier alone). Masks are compared in the
-letterboxed network frame after MANet post-processing, exactly what the service returns.
+letterboxed network frame after MANet post-processing, exactly what the service returns. ``gate``: the share
+of these real CXRs the safety gate accepts (flagged included), per cohort; a refused study is left out of the
+classifier's numbers, as the service would have given it no answer.
 """
 from __future__ import annotations
 
@@ -20,36 +22,57 @@ import numpy as np
 
 from cxr.labels import LABELS, label_index
 from cxr.lungmask import read_mask
+from cxr.pixels import NOT_FRONTAL_CHEST
 from cxr.specs import LUNG_SEGMENTATION
 from training.data.manifest import Record, read_split
 from training.metrics import (bootstrap_intervals, calibration_bins, classification_report, headline,
                               segmentation_report)
 
 
-def _predict(records: list[Record], url: str | None, repository, batch_size: int, onnx_files) -> tuple[list, list, list]:
-    """Probabilities (NaN where refused), post-processed masks and errors, in ``records`` order."""
-    probs, masks, errors = [], [], []
+def _predict(records: list[Record], url: str | None, repository, batch_size: int, onnx_files) -> tuple[list, list, list, list]:
+    """Probabilities (NaN where refused), post-processed masks, errors and the safety gate's decision
+    (``accept`` / ``flag`` / ``refuse``, ``error`` for any other refusal), in ``records`` order."""
+    probs, masks, errors, decisions = [], [], [], []
     if url:
         from client.grpc_client import TriageClient
 
-        client = TriageClient(url, outputs=("probabilities", "lung_mask"))
+        client = TriageClient(url, outputs=("probabilities", "lung_mask", "triage"))
         for out in client.triage_many([(str(r.image), r.image.read_bytes()) for r in records], concurrency=8):
             if out.error:
                 errors.append({"file": out.name, "error": out.error})
                 probs.append(np.full(len(LABELS), np.nan))
                 masks.append(None)
+                decisions.append("refuse" if NOT_FRONTAL_CHEST in out.error else "error")
                 continue
             probs.append(out.arrays["probabilities"][0])
             masks.append(out.arrays["lung_mask"][0, 0])
+            decisions.append((out.triage.get("quality") or {}).get("decision", "accept"))
     else:
         from client.local_pipeline import LocalPipeline
 
         pipeline = LocalPipeline(repository, onnx_files=onnx_files)
         for start in range(0, len(records), batch_size):
-            for res in pipeline.run_batch([r.image.read_bytes() for r in records[start : start + batch_size]]):
+            chunk = records[start : start + batch_size]
+            for record, res in zip(chunk, pipeline.run_batch([r.image.read_bytes() for r in chunk])):
+                if res.refused:  # as the served ensemble would answer this request
+                    errors.append({"file": str(record.image), "error": f"bad image: {res.refused}"})
+                    probs.append(np.full(len(LABELS), np.nan))
+                    masks.append(None)
+                    decisions.append("refuse")
+                    continue
                 probs.append(res.probabilities)
                 masks.append(res.lung_mask)
-    return probs, masks, errors
+                decisions.append((res.triage.get("quality") or {}).get("decision", "accept"))
+    return probs, masks, errors, decisions
+
+
+def gate_report(decisions: Sequence[str]) -> dict:
+    """Share of real CXRs the safety gate accepts (flagged ones are accepted, at least ``expedited``)."""
+    decisions = list(decisions)
+    n = len(decisions)
+    counts = {d: decisions.count(d) for d in ("accept", "flag", "refuse", "error")}
+    return {"n": n, **counts, "accepted": (counts["accept"] + counts["flag"]) / n if n else None,
+            "flagged": counts["flag"] / n if n else None}
 
 
 def scored(y_true: Sequence[int], probs: np.ndarray, patients: Sequence[str], resamples: int = 1000) -> dict:
@@ -69,7 +92,7 @@ def evaluate(manifest: str | Path | Sequence[str | Path], split: str | None = "t
     (``{role: path}``: a candidate version, for the release gates). ``manifest``: one path or several."""
     manifests = [Path(manifest)] if isinstance(manifest, (str, Path)) else [Path(m) for m in manifest]
     records = read_split(manifests, split)
-    probs, masks, errors = _predict(records, url, repository, batch_size, onnx_files)
+    probs, masks, errors, decisions = _predict(records, url, repository, batch_size, onnx_files)
     ok = [i for i, p in enumerate(probs) if not np.isnan(p).any()]
     seg_pairs = [(masks[i], read_mask(records[i].mask, LUNG_SEGMENTATION.input_size)) for i in ok if records[i].mask]
     y = np.array([label_index(records[i].label) for i in ok])
@@ -84,6 +107,9 @@ def evaluate(manifest: str | Path | Sequence[str | Path], split: str | None = "t
         "classification": scored(y, p, patients, resamples),
         "by_cohort": {c: scored(y[cohorts == c], p[cohorts == c], patients[cohorts == c], resamples)
                       for c in sorted(set(cohorts.tolist()))},
+        "gate": {"pooled": gate_report(decisions),
+                 **{c: gate_report([d for d, r in zip(decisions, records) if r.cohort == c])
+                    for c in sorted({r.cohort for r in records})}},
         "errors": errors,
     }
 
@@ -119,6 +145,9 @@ def run(manifest: str | Sequence[str], split: str | None, url: str | None, repos
     print_classification("classification, pooled", report["classification"])
     for cohort, cls in report["by_cohort"].items():
         print_classification(f"  cohort {cohort}", cls)
+    print("safety gate on these real CXRs: " + "  ".join(
+        f"{name} accepted {g['accepted']:.3f} (flagged {g['flagged']:.3f}, refused {g['refuse']} of {g['n']})"
+        for name, g in report["gate"].items() if g["n"]))
     if report["errors"]:
         print(f"{len(report['errors'])} images rejected: {report['errors'][:3]}", file=sys.stderr)
     return 0

@@ -32,6 +32,7 @@ class LocalResult:
     lung_mask: np.ndarray
     lung_fraction: float
     triage: dict
+    refused: str | None = None  # the safety gate's refusal (the served ensemble fails such a request with it)
 
 
 class LocalPipeline:
@@ -66,16 +67,17 @@ class LocalPipeline:
     def segment(self, seg_in: np.ndarray) -> np.ndarray:
         return self.seg.run(None, {LUNG_SEGMENTATION.inputs[0].name: seg_in})[0]
 
-    def classify(self, cls_in: np.ndarray, raw_masks: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, classes)``."""
+    def classify(self, cls_in: np.ndarray, raw_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``(N, classes)`` and class-activation maps ``(N, classes, h, w)``."""
         feeds = {CLASSIFIER.inputs[0].name: cls_in, CLASSIFIER.inputs[1].name: raw_masks}
-        return self.cls.run(["probabilities"], feeds)[0]
+        probs, cam = self.cls.run(["probabilities", "cam"], feeds)
+        return probs, cam
 
     def run_batch(self, blobs: list[bytes]) -> list[LocalResult]:
         """Triage a batch of encoded images (raises :class:`cxr.pixels.ImageError` on a bad one)."""
         seg_in, cls_in = self.prepare(blobs)
         raw = self.segment(seg_in)
-        return self.route(self.classify(cls_in, raw), raw, cls_in)
+        return self.route(*self.classify(cls_in, raw), raw, cls_in)
 
     def stage2(self, images: np.ndarray) -> np.ndarray:
         """Cascade stage 2: covid probability per lung-only image (session opened on first use)."""
@@ -84,12 +86,14 @@ class LocalPipeline:
         probs = self._stage2.run(["stage2_probabilities"], {COVID_STAGE2.inputs[0].name: images})[0]
         return probs[:, COVID_STAGE2.labels.index("covid")]
 
-    def route(self, probs: np.ndarray, raw: np.ndarray, cls_in: np.ndarray) -> list[LocalResult]:
-        """Post-process the masks, apply the thresholds and run the cascade where due, as ``triage_router`` does."""
+    def route(self, probs: np.ndarray, cam: np.ndarray, raw: np.ndarray, cls_in: np.ndarray) -> list[LocalResult]:
+        """Post-process the masks, judge with the safety gate, apply the thresholds and run the cascade where due,
+        as ``triage_router`` does."""
         results = []
-        for p, r in zip(probs, route_batch(probs, raw, cls_in, self.thresholds, lambda x: (self.stage2(x), None))):
+        routed = route_batch(probs, raw, cls_in, self.thresholds, lambda x: (self.stage2(x), None), cams=cam)
+        for p, r in zip(probs, routed):
             payload = r.result.to_dict()
             payload["model_versions"] = self.model_versions
             payload["release"] = self.release
-            results.append(LocalResult(p, r.mask, r.lung_fraction, payload))
+            results.append(LocalResult(p, r.mask, r.lung_fraction, payload, r.refused))
         return results

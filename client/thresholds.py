@@ -10,8 +10,9 @@ fitted: ``urgent[LABEL]``). Each threshold is the *largest* that meets its targe
 (fewest studies moved up). Untrained labels (:data:`cxr.labels.UNTRAINED`) are dropped from the thresholds.
 
 Every study is scored once through the repository's served graphs (stage-1 probabilities, lung fraction and the
-cascade's stage-2 covid probability); priorities under candidate thresholds are then the served decision
-itself (:func:`cxr.triage.triage`, plus stage 2 where :func:`cxr.triage.needs_stage2` selects it). Writes a
+cascade's stage-2 covid probability, the safety gate's features); priorities under candidate thresholds are
+then the served decision itself (:func:`cxr.triage.triage`, the release's gate (a refused study counts as a
+miss, a flagged one at least ``expedited``), plus stage 2 where :func:`cxr.triage.needs_stage2` selects it). Writes a
 new thresholds file (version bumped; targets, fitted numbers and the data recorded in ``fitted``) and prints
 sensitivity, specificity and the share of studies per priority on the fitting data and on ``test``, with
 patient-bootstrap 95 % intervals. ``--publish`` makes it a release of the repository (``cxr models promote``).
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.labels import LABELS, UNTRAINED
-from cxr.triage import PRIORITIES, Thresholds, needs_stage2, triage, with_stage2
+from cxr.triage import PRIORITIES, Thresholds, needs_stage2, triage, with_quality, with_stage2
 from training.data.manifest import Record, read_split
 from training.metrics import group_bootstrap
 
@@ -43,31 +44,48 @@ class Scored:
     probabilities: np.ndarray  # (N, labels), calibrated stage 1
     lung_fraction: np.ndarray  # (N,)
     covid_stage2: np.ndarray  # (N,), stage 2 run on every study (used only where the thresholds call for it)
+    gate_features: np.ndarray | None = None  # (N, features) of the safety gate (cxr.gate.study_features)
 
 
 def score(manifests: list[Path], split: str, repository: str | Path, batch: int = 8) -> Scored:
     from client.local_pipeline import LocalPipeline
     from cxr.cascade import stage2_input
+    from cxr.gate import study_features
     from cxr.lungmask import lung_fraction, postprocess_mask
 
     records = read_split(manifests, split)
     pipeline = LocalPipeline(repository)
-    probs, fractions, covid = [], [], []
+    probs, fractions, covid, features = [], [], [], []
     for start in range(0, len(records), batch):
         seg_in, cls_in = pipeline.prepare([r.image.read_bytes() for r in records[start : start + batch]])
         raw = pipeline.segment(seg_in)
         masks = [postprocess_mask(m[0]) for m in raw]
-        probs.append(pipeline.classify(cls_in, raw))
+        p, cam = pipeline.classify(cls_in, raw)
+        probs.append(p)
         fractions.extend(lung_fraction(m) for m in masks)
+        features.extend(study_features(m, r, c, k) for m, r, c, k in zip(masks, raw, cls_in, cam))
         covid.append(pipeline.stage2(np.stack([stage2_input(c, m) for c, m in zip(cls_in, masks)])))
-    return Scored(records, np.concatenate(probs), np.array(fractions), np.concatenate(covid))
+    return Scored(records, np.concatenate(probs), np.array(fractions), np.concatenate(covid), np.array(features))
+
+
+REFUSED = len(PRIORITIES)  # the level of a study the safety gate refuses: below every priority (a miss)
 
 
 def priorities(scored: Scored, thresholds: Thresholds) -> np.ndarray:
-    """The served priority of every study under ``thresholds`` (index into :data:`cxr.triage.PRIORITIES`)."""
+    """The served priority of every study under ``thresholds`` (index into :data:`cxr.triage.PRIORITIES`, or
+    :data:`REFUSED`), the release's safety gate included."""
+    gate = thresholds.gate
+    if gate is not None and scored.gate_features is None:
+        raise ValueError("the thresholds have a safety gate: score the studies with their gate features")
     out = []
-    for p, fraction, covid in zip(scored.probabilities, scored.lung_fraction, scored.covid_stage2):
+    for i, (p, fraction, covid) in enumerate(zip(scored.probabilities, scored.lung_fraction, scored.covid_stage2)):
+        verdict = gate.judge(scored.gate_features[i]) if gate is not None else None
+        if verdict is not None and verdict.decision == "refuse":
+            out.append(REFUSED)
+            continue
         result = triage(p, float(fraction), thresholds)
+        if verdict is not None:
+            result = with_quality(result, verdict)
         if needs_stage2(p, thresholds):
             result = with_stage2(result, float(covid), thresholds)
         out.append(PRIORITIES.index(result.priority))
@@ -125,7 +143,7 @@ def operating_report(scored: Scored, thresholds: Thresholds, targets: dict[str, 
             positive, hit = _positives(scored, target)[idx], level[idx] <= _at_least(target)
             out[f"{target}_sensitivity"] = float(hit[positive].mean()) if positive.any() else np.nan
             out[f"{target}_specificity"] = float((~hit[~positive]).mean()) if (~positive).any() else np.nan
-        for k, name in enumerate(PRIORITIES):
+        for k, name in enumerate((*PRIORITIES, "refused")):
             out[f"share_{name}"] = float((level[idx] == k).mean())
             out[f"normal_{name}"] = float((level[idx][normal[idx]] == k).mean()) if normal[idx].any() else np.nan
         return out
@@ -187,16 +205,22 @@ def print_report(title: str, report: dict, targets: dict[str, float]) -> None:
         level = "expedited or higher" if target == "abnormal" else "urgent"
         print(f"  {target:<9} -> {level:<19} sensitivity {cell(f'{target}_sensitivity')} (target {goal:.2f})  "
               f"specificity {cell(f'{target}_specificity')}")
-    print("  share of studies: " + "  ".join(f"{p} {cell(f'share_{p}')}" for p in PRIORITIES))
-    print("  normal studies:   " + "  ".join(f"{p} {cell(f'normal_{p}')}" for p in PRIORITIES))
+    print("  share of studies: " + "  ".join(f"{p} {cell(f'share_{p}')}" for p in (*PRIORITIES, "refused")))
+    print("  normal studies:   " + "  ".join(f"{p} {cell(f'normal_{p}')}" for p in (*PRIORITIES, "refused")))
 
 
 def main(argv: list[str] | None = None) -> dict:
     from training.data.manifest import DEFAULT_MANIFEST, resolve_manifest
 
+    argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    if argv[:1] == ["gate"]:  # its own parser (cxr thresholds gate --help)
+        from client.gate import main as fit_gate
+
+        return fit_gate(argv[1:])
     parser = argparse.ArgumentParser(prog="cxr thresholds", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("gate", add_help=False, help="fit the safety gate for the served models (cxr thresholds gate --help)")
     fit_cmd = sub.add_parser("fit", help="fit thresholds to sensitivity targets on labelled data")
     fit_cmd.add_argument("--manifest", action="append", help="manifest CSV (repeat; default: the shared cxr set)")
     fit_cmd.add_argument("--split", default="val", help="the split the thresholds are fitted on")

@@ -5,7 +5,8 @@ post-processed lung mask (dilated a little so the lung borders stay visible), re
 size and normalised. Blanking everything outside the lungs removes the text labels and markers the paper
 found the network cheating on.
 
-:func:`route_batch` is the router's whole decision (mask post-processing, thresholds, stage 2 where due),
+:func:`route_batch` is the router's whole decision (mask post-processing, the safety gate, thresholds, stage 2
+where due),
 shared by ``triage_router``, the in-process pipeline and the benchmark's naive server; each passes its own
 way of running stage 2.
 """
@@ -17,9 +18,10 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from cxr.gate import Verdict, study_features
 from cxr.lungmask import lung_fraction, postprocess_mask
 from cxr.specs import CLASSIFIER, COVID_STAGE2, ModelSpec
-from cxr.triage import Thresholds, TriageResult, needs_stage2, triage, with_stage2
+from cxr.triage import Thresholds, TriageResult, needs_stage2, triage, with_quality, with_stage2
 
 # stage2(images (N, 1, h, w)) -> (covid probability per image, None), or (None, error message).
 Stage2 = Callable[[np.ndarray], "tuple[np.ndarray | None, str | None]"]
@@ -42,23 +44,41 @@ def stage2_input(cls_image: np.ndarray, lung_mask: np.ndarray, spec: ModelSpec =
 
 @dataclass
 class Routed:
-    """One study after routing: its post-processed lung mask, lung fraction and triage result."""
+    """One study after routing: its post-processed lung mask, lung fraction, gate verdict and triage result.
+
+    A study the gate refuses still has a result (what it would have been); callers fail its request with
+    :attr:`refused` instead of returning it.
+    """
 
     mask: np.ndarray
     lung_fraction: float
     result: TriageResult
+    verdict: Verdict = Verdict("accept")
+
+    @property
+    def refused(self) -> str | None:
+        """The refusal message (``not a frontal chest radiograph (...)``), or None."""
+        return self.verdict.message() if self.verdict.decision == "refuse" else None
 
 
 def route_batch(probabilities: Sequence[np.ndarray], raw_masks: Sequence[np.ndarray], cls_images: Sequence[np.ndarray],
-                thresholds: Thresholds, stage2: Stage2, model: str = COVID_STAGE2.role) -> list[Routed]:
-    """Triage a batch: clean each raw mask ``(1, H, W)``, apply ``thresholds``, and run ``stage2`` once on the
-    lung-only images of the studies :func:`cxr.triage.needs_stage2` selects."""
+                thresholds: Thresholds, stage2: Stage2, model: str = COVID_STAGE2.role, *,
+                cams: Sequence[np.ndarray] | None = None) -> list[Routed]:
+    """Triage a batch: clean each raw mask ``(1, H, W)``, judge each study with the thresholds' safety gate
+    (which needs the classifier's ``cams``), apply ``thresholds``, and run ``stage2`` once on the lung-only
+    images of the accepted studies :func:`cxr.triage.needs_stage2` selects."""
     masks = [postprocess_mask(raw[0]) for raw in raw_masks]
     fractions = [lung_fraction(m) for m in masks]
-    results = [triage(p, f, thresholds) for p, f in zip(probabilities, fractions)]
-    due = [i for i, p in enumerate(probabilities) if needs_stage2(p, thresholds)]
+    gate = thresholds.gate
+    if gate is not None and cams is None:
+        raise ValueError("the thresholds release has a safety gate: route_batch needs the classifier's cams")
+    verdicts = ([gate.judge(study_features(m, r, c, cam)) for m, r, c, cam in zip(masks, raw_masks, cls_images, cams)]
+                if gate is not None else [Verdict("accept")] * len(masks))
+    results = [with_quality(triage(p, f, thresholds), v) if gate is not None else triage(p, f, thresholds)
+               for p, f, v in zip(probabilities, fractions, verdicts)]
+    due = [i for i, p in enumerate(probabilities) if needs_stage2(p, thresholds) and verdicts[i].decision != "refuse"]
     if due:
         covid, error = stage2(np.stack([stage2_input(cls_images[i], masks[i]) for i in due]))
         for k, i in enumerate(due):
             results[i] = with_stage2(results[i], None if covid is None else float(covid[k]), thresholds, model, error)
-    return [Routed(m, f, r) for m, f, r in zip(masks, fractions, results)]
+    return [Routed(m, f, r, v) for m, f, r, v in zip(masks, fractions, results, verdicts)]

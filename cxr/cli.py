@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("flops", help="MACs/params of every model vs the papers' tables (cxr flops --json)")
     sub.add_parser("report", help="train/evaluate the papers' classifiers, write a Markdown table (cxr report --help)")
     sub.add_parser("models", help="publish/gate/promote/roll back model releases (cxr models --help)")
-    sub.add_parser("thresholds", help="fit triage thresholds to sensitivity targets on data (cxr thresholds fit --help)")
+    sub.add_parser("thresholds", help="fit triage thresholds (cxr thresholds fit --help) and the safety gate (cxr thresholds gate --help)")
     return parser
 
 

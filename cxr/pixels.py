@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from cxr.acceptance import tag_refusal
+
 MIN_SIDE = 64
 MAX_SIDE = 8192
 MAX_BYTES = 64 * 2**20  # encoded size; a CR/DX file is rarely above 30 MB
-ACCEPTED_MODALITIES = ("CR", "DX")
+NOT_FRONTAL_CHEST = "not a frontal chest radiograph"
 
 
 class ImageError(ValueError):
@@ -24,7 +26,7 @@ class ImageError(ValueError):
 
 # Coarse kinds of refusal for metrics (message prefix -> kind); the message itself stays the detail.
 _KINDS = (("empty", "empty"), ("input too large", "too_large"), ("image too large", "too_large"),
-          ("image too small", "too_small"), ("unsupported modality", "not_a_radiograph"),
+          ("image too small", "too_small"), (NOT_FRONTAL_CHEST, "not_a_radiograph"),
           ("multi-frame", "unsupported"), ("unsupported", "unsupported"), ("unrecognised", "unsupported"),
           ("DICOM without", "unsupported"), ("blank", "blank"), ("non-finite", "invalid_pixels"))
 REJECTION_KINDS = ("empty", "too_large", "too_small", "not_a_radiograph", "unsupported", "blank", "invalid_pixels",
@@ -172,11 +174,11 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 def _dicom_pixels(ds) -> Decoded:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    modality = str(ds.get("Modality", "") or "")
-    if modality and modality not in ACCEPTED_MODALITIES:
-        raise ImageError(f"unsupported modality {modality!r}: only chest radiographs ({', '.join(ACCEPTED_MODALITIES)})")
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise ImageError("DICOM has no pixel data")
+    refusal = tag_refusal(ds)
+    if refusal is not None:
+        raise ImageError(f"{NOT_FRONTAL_CHEST} ({refusal})")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_size(rows, cols)
     frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from cxr.labels import LABELS, UNTRAINED
+
+if TYPE_CHECKING:
+    from cxr.gate import Gate, Verdict
 
 PRIORITIES = ("urgent", "expedited", "routine")
 
@@ -26,6 +30,8 @@ class Thresholds:
         min_lung_fraction: below this lung coverage the image is flagged for a human (not a usable CXR?).
         cascade: stage 2 (covid vs other viral) runs when ``p(viral) + p(covid) >= run_at``; its covid
             probability at or above ``urgent_covid`` makes the study urgent. Absent: stage 2 never runs.
+        quality: the safety gate fitted for the release's models (:class:`cxr.gate.Gate`, written by
+            ``cxr thresholds gate``). Absent: no pixel gate (the DICOM tag rule still applies).
     """
 
     version: str
@@ -34,6 +40,13 @@ class Thresholds:
     abnormal_expedited: float = 1.0
     min_lung_fraction: float = 0.0
     cascade: dict[str, float] = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
+
+    @cached_property
+    def gate(self) -> "Gate | None":
+        from cxr.gate import Gate
+
+        return Gate.from_dict(self.quality) if self.quality else None
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Thresholds":
@@ -42,11 +55,13 @@ class Thresholds:
             raise ValueError(f"thresholds name unknown labels {sorted(unknown)}; labels are {list(LABELS)}")
         if "version" not in raw:
             raise ValueError("thresholds file has no 'version'")
-        keys = {"version", "urgent", "expedited", "abnormal_expedited", "min_lung_fraction", "cascade"}
+        keys = {"version", "urgent", "expedited", "abnormal_expedited", "min_lung_fraction", "cascade", "quality"}
         cascade = raw.get("cascade", {})
         if cascade and not {"run_at", "urgent_covid"} <= set(cascade):
             raise ValueError(f"thresholds 'cascade' needs 'run_at' and 'urgent_covid', got {sorted(cascade)}")
-        return cls(**{k: v for k, v in raw.items() if k in keys})
+        thresholds = cls(**{k: v for k, v in raw.items() if k in keys})
+        _ = thresholds.gate  # a malformed quality section fails here, when the release is loaded
+        return thresholds
 
     @classmethod
     def load(cls, path: str | Path) -> "Thresholds":
@@ -62,6 +77,7 @@ class TriageResult:
     thresholds_version: str
     models_run: list[str] = field(default_factory=lambda: ["lung_segmentation", "cxr_classifier"])
     cascade: dict | None = None
+    quality: dict | None = None  # the safety gate's verdict, where the release has a gate
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +110,17 @@ def with_stage2(result: TriageResult, covid_probability: float | None, threshold
         reasons.append(f"stage 2 covid p={covid_probability:.2f} < {limit:.2f}")
     return replace(result, priority=priority, reasons=reasons, models_run=[*result.models_run, model],
                    cascade={"model": model, "covid_probability": round(float(covid_probability), 4)})
+
+
+def with_quality(result: TriageResult, verdict: "Verdict") -> TriageResult:
+    """``result`` with the gate's verdict recorded; a borderline (``flag``) study is at least ``expedited``, so
+    that a human looks at it, never ``routine``."""
+    if verdict.decision != "flag":
+        return replace(result, quality=verdict.to_dict())
+    reasons = [*result.reasons, f"image quality: {'; '.join(verdict.reasons)} "
+               f"({verdict.detector} {verdict.score:.1f} >= {verdict.threshold:.1f}): check the image (expedited)"]
+    return replace(result, priority=_max_priority(result.priority, "expedited"), reasons=reasons,
+                   quality=verdict.to_dict())
 
 
 def triage(probabilities: Sequence[float], lung_fraction: float, thresholds: Thresholds) -> TriageResult:

@@ -109,7 +109,7 @@ def answers(repository: str | Path, blobs: list[bytes], onnx_files: dict[str, st
     pipeline = LocalPipeline(repository, onnx_files=onnx_files)
     seg_in, cls_in = pipeline.prepare(blobs)
     masks = pipeline.segment(seg_in)
-    return {"masks": (masks > 0.5).astype(np.uint8), "probabilities": pipeline.classify(cls_in, masks)}
+    return {"masks": (masks > 0.5).astype(np.uint8), "probabilities": pipeline.classify(cls_in, masks)[0]}
 
 
 def agreement(fp32: dict, int8: dict) -> dict:

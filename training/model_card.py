@@ -47,11 +47,18 @@ def block(evaluation: dict) -> str:
 
 
 def rewrite(path: Path, evaluation: dict) -> None:
-    text = path.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{path} has no {BEGIN} ... {END} block")
-    path.write_text(pattern.sub(lambda _: block(evaluation), text))
+    rewrite_block(path, "classifier", block(evaluation))
+
+
+def rewrite_block(path: Path, name: str, text: str) -> None:
+    """Replace the ``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME -->`` block of ``path`` by ``text``
+    (which carries the two markers)."""
+    begin, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+    content = path.read_text()
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(content):
+        raise ValueError(f"{path} has no {begin} ... {end} block")
+    path.write_text(pattern.sub(lambda _: text, content))
 
 
 def main(argv: list[str] | None = None) -> None:

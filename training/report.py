@@ -58,21 +58,54 @@ def train_one(model: str, size: int, epochs: int, manifests: list[str] | None, o
     return row
 
 
-def seeded_markdown(runs: dict[str, list[dict]]) -> str:
+def onnx_rates(models: list[str], size: int, batch: int = 8, rounds: int = 5, images: int = 64) -> dict[str, float]:
+    """Classifier-only img/s of each model in ONNX Runtime (FP32, this CPU's :func:`cxr.onnx_session.cpu_session`,
+    batch ``batch``): untrained weights cost what trained ones do. Models are timed in alternation, ``rounds``
+    times, and the median kept, so load from anything else on the host is shared evenly."""
+    import time
+
+    import torch
+
+    from cxr.onnx_session import cpu_session
+    from training.models import create_model
+
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_name in models:
+            model = create_model(model_name, num_classes=len(LABELS)).eval()
+            uses_mask = getattr(model, "uses_mask", False)
+            args = (torch.zeros(batch, 1, size, size),) + ((torch.ones(batch, 1, size, size),) if uses_mask else ())
+            path = Path(tmp) / f"{model_name}.onnx"
+            torch.onnx.export(model, args, path, input_names=["image", "mask"][: len(args)], dynamo=False)
+            sessions[model_name] = (cpu_session(path), {n: a.numpy() for n, a in zip(("image", "mask"), args)})
+        rates = {m: [] for m in models}
+        for _ in range(rounds):
+            for model_name, (session, feeds) in sessions.items():
+                session.run(None, feeds)  # warm
+                started = time.perf_counter()
+                for _ in range(images // batch):
+                    session.run(None, feeds)
+                rates[model_name].append(images / (time.perf_counter() - started))
+    return {m: float(np.median(r)) for m, r in rates.items()}
+
+
+def seeded_markdown(runs: dict[str, list[dict]], rates: dict[str, float] | None = None) -> str:
     """One row per model: mean +- sd over its seeds of accuracy, macro-F1, per-class F1 (test) and val macro-F1."""
     def mean_sd(values: list[float]) -> str:
         return f"{np.mean(values):.3f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
 
     first = next(iter(runs.values()))[0]["test"]
     present = first["labels_present"]
-    head = ["model", "input", "epochs", "seeds", "M MACs", "test accuracy", "test macro-F1", *(f"F1 {k}" for k in present),
-            "val macro-F1", "train min"]
+    head = ["model", "input", "epochs", "seeds", "M MACs", "img/s (ORT FP32)", "test accuracy", "test macro-F1",
+            *(f"F1 {k}" for k in present), "normal-vs-abnormal AUC", "val macro-F1", "train min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, rows in runs.items():
-        cells = [model, str(rows[0]["input_size"]), str(rows[0]["epochs"]), str(len(rows)), f"{rows[0]['mmacs']:,.0f}",
+        rate = f"{rates[model]:.0f}" if rates and model in rates else "-"
+        cells = [model, str(rows[0]["input_size"]), str(rows[0]["epochs"]), str(len(rows)), f"{rows[0]['mmacs']:,.0f}", rate,
                  mean_sd([r["test"]["accuracy"] for r in rows]), mean_sd([r["test"]["macro_f1"] for r in rows])]
         cells += [mean_sd([r["test"]["per_class"][k]["f1"] for r in rows]) for k in present]
-        cells += [mean_sd([r["val"]["macro_f1"] for r in rows]), f"{np.mean([r['train_seconds'] for r in rows]) / 60:.0f}"]
+        cells += [mean_sd([r["test"]["abnormal_auc"] for r in rows]) if all("abnormal_auc" in r["test"] for r in rows) else "-",
+                  mean_sd([r["val"]["macro_f1"] for r in rows]), f"{np.mean([r['train_seconds'] for r in rows]) / 60:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -101,21 +134,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--manifest", action="append", help="repeat for several (default: the base config's)")
     parser.add_argument("--seeds", type=int, nargs="+", help="train each model once per seed; mean +- sd table")
     parser.add_argument("--limit", type=int, help="images per split (smoke runs)")
+    parser.add_argument("--cost", action="store_true", help="also time each model's classifier in ONNX Runtime "
+                        "(img/s column; run it on an otherwise idle host)")
+    parser.add_argument("--only-cached", action="store_true",
+                        help="table from the runs already in --out (per model, the seeds that finished); train none")
     parser.add_argument("--out", default="docs/report")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.seeds:
-        runs = {}
-        for model in args.models:
-            for seed in args.seeds:
+        runs = {model: [] for model in args.models}
+        for seed in args.seeds:  # seed-major: a run stopped half-way leaves every model with as many seeds as possible
+            for model in args.models:
                 cached = out / f"{model}_seed{seed}.json"
-                runs.setdefault(model, []).append(json.loads(cached.read_text()) if cached.exists() else
-                                                  train_one(model, args.size, args.epochs, args.manifest, out, args.limit, seed))
-        text = (f"Test split ({next(iter(runs.values()))[0]['test']['n']} images), each model trained from scratch at "
-                f"{args.size} px for {args.epochs} epochs with one recipe and seeds {args.seeds} "
-                "(`python -m training.report --seeds ...`): mean +- sd over the seeds.\n\n")
-        _write(out / "seeded", text + seeded_markdown(runs), runs)
+                if cached.exists():
+                    runs[model].append(json.loads(cached.read_text()))
+                elif not args.only_cached:
+                    runs[model].append(train_one(model, args.size, args.epochs, args.manifest, out, args.limit, seed))
+        runs = {model: rows for model, rows in runs.items() if rows}
+        rates = onnx_rates(list(runs), args.size) if args.cost else None
+        seeds = sorted({r["seed"] for rows in runs.values() for r in rows})
+        text = (f"Test split ({next(iter(runs.values()))[0]['test']['n']} images, both data sets), each model trained "
+                f"from scratch at {args.size} px for {args.epochs} epochs with one recipe and seeds {seeds} "
+                "(`python -m training.report --seeds ...`): mean +- sd over its seeds (the `seeds` column).")
+        if rates:
+            from cxr.cpu import cpu_line, describe_cpu
+
+            text += (f" img/s: the classifier alone in ONNX Runtime, FP32, batch 8, 2 threads, median of 5 alternating "
+                     f"rounds, on {cpu_line(describe_cpu())}.")
+        _write(out / "seeded", text + "\n\n" + seeded_markdown(runs, rates), {"runs": runs, "img_s": rates})
         return [r for rows in runs.values() for r in rows]
     rows = []
     for model in args.models:

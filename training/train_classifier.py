@@ -34,7 +34,7 @@ from training.common import (
 from training.data.datasets import CachedImages, ClassificationDataset
 from training.data.manifest import Record, evenly, read_manifests
 from training.layers.moex import moex_loss
-from training.metrics import calibration_bins, classification_report
+from training.metrics import abnormal_auc, calibration_bins, classification_report
 from training.models import create_model
 from training.plots import plot_confusion, plot_reliability, plot_roc
 from training.train_segmenter import predict_masks
@@ -82,8 +82,9 @@ def forward(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor) -> 
 
 
 def split_report(dataset: ClassificationDataset, probs: np.ndarray) -> dict:
-    """Pooled metrics plus the same per cohort (``cohen``, ``kermany``, ``kermany224``)."""
-    report = classification_report(dataset.targets, probs, LABELS)
+    """Pooled metrics (with normal-vs-abnormal AUC) plus the same per cohort (``cohen``, ``kermany``, ``kermany224``)."""
+    report = {**classification_report(dataset.targets, probs, LABELS),
+              "abnormal_auc": abnormal_auc(dataset.targets, probs)}
     cohorts = np.array([r.cohort for r in dataset.records])
     report["by_cohort"] = {
         c: classification_report(np.asarray(dataset.targets)[cohorts == c], probs[cohorts == c], LABELS)

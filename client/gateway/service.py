@@ -30,6 +30,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from client.gateway.results import Triaged, package
+from cxr.acceptance import tag_refusal
 from client.gateway.spool import PRIORITY_NAME, Spool
 from client.grpc_client import TriageClient, is_transient
 
@@ -37,10 +38,6 @@ log = logging.getLogger("cxr.gateway")
 
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
-CHEST_PARTS = {"CHEST", "THORAX", "LUNG"}
-FRONTAL_VIEWS = {"PA", "AP"}
-
-
 def ref(uid: str) -> str:
     """How logs name an instance: a short hash, so log lines carry no identifiers."""
     return hashlib.sha256(uid.encode()).hexdigest()[:12]
@@ -54,20 +51,6 @@ def parse_destination(text: str) -> tuple[str, str, int]:
         return aet, host, int(port)
     except ValueError:
         raise ValueError(f"destination must be AET@HOST:PORT, got {text!r}") from None
-
-
-def not_triaged_reason(ds: Dataset) -> str | None:
-    """Why ``ds`` is not a CR/DX chest frontal image, or None if it is."""
-    modality = str(ds.get("Modality", "")).upper()
-    if modality not in {"CR", "DX"}:
-        return f"modality {modality or 'missing'} is not CR/DX"
-    part = str(ds.get("BodyPartExamined", "")).upper()
-    if part not in CHEST_PARTS:
-        return f"body part {part or 'missing'} is not chest"
-    view = str(ds.get("ViewPosition", "")).upper()
-    if view not in FRONTAL_VIEWS:
-        return f"view position {view or 'missing'} is not frontal (PA/AP)"
-    return None
 
 
 @dataclass
@@ -202,7 +185,7 @@ class Gateway:
         uid = Spool.uid_of(path)
         data = path.read_bytes()
         ds = pydicom.dcmread(io.BytesIO(data))
-        reason = not_triaged_reason(ds)
+        reason = tag_refusal(ds)  # the same rule as the ensemble's preprocess step
         if reason is not None:
             log.info("skipped %s: %s", ref(uid), reason)
             record = {"outcome": "skipped", "reason": reason}

@@ -1,6 +1,7 @@
 """Thresholds fitted to sensitivity targets: each is the largest that meets its target, on the served decision."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ def test_fitted_thresholds_meet_each_target_and_are_the_largest_that_do():
     from cxr.triage import Thresholds
 
     scored = _scored()
-    base = Thresholds.load(Path(__file__).resolve().parents[2] / "configs" / "triage_thresholds.json")
+    shipped = Thresholds.load(Path(__file__).resolve().parents[2] / "configs" / "triage_thresholds.json")
+    base = replace(shipped, quality={})  # the gate's own effect: test_the_gate_moves_priorities_as_served
     targets = {"abnormal": 0.95, "covid": 0.9}
     fitted = fit(base, scored, targets)
     assert "tb" not in fitted.urgent and fitted.expedited == {}  # untrained label dropped; one expedited rule
@@ -54,3 +56,20 @@ def test_versions_and_targets_are_parsed_strictly():
     for bad in ("tb=0.9", "normal=0.9", "covid", "covid=1.5", "cat=0.5"):
         with pytest.raises(ValueError):
             parse_targets([bad])
+
+
+def test_the_gate_moves_priorities_as_served():
+    """A refused study is a miss (below every priority); a flagged one is at least expedited."""
+    from client.thresholds import REFUSED, priorities
+    from cxr.gate import NAMES, Detector, Gate
+    from cxr.triage import PRIORITIES, Thresholds
+
+    n = len(NAMES)
+    gate = Gate((Detector("typicality", np.zeros(n), np.ones(n), 3.0, 6.0, precision=np.eye(n)),))
+    scored = _scored(6)
+    scored.probabilities[:] = np.array([0.97, 0.01, 0.01, 0.01, 0.0])  # all confidently normal
+    scored.gate_features = np.zeros((6, n))
+    scored.gate_features[1, 0], scored.gate_features[2, 0] = 4.0, 10.0  # flagged, refused
+    thresholds = Thresholds("t", abnormal_expedited=0.5, quality=gate.to_dict())
+    assert priorities(scored, thresholds).tolist() == [PRIORITIES.index("routine"), PRIORITIES.index("expedited"),
+                                                        REFUSED, *[PRIORITIES.index("routine")] * 3]

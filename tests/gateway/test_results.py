@@ -36,7 +36,7 @@ def case(repository, test_rows):
     seg_in, cls_in = pipeline.prepare([data])
     raw = pipeline.segment(seg_in)
     probs, cam = pipeline.cls.run(["probabilities", "cam"], {"cls_image": cls_in, "lung_mask": raw})
-    local = pipeline.route(probs, raw, cls_in)[0]
+    local = pipeline.route(probs, cam, raw, cls_in)[0]
     result = Triaged(label=local.triage["top_finding"], probabilities=reported_probabilities(probs[0]),
                      triage=local.triage, lung_fraction=local.lung_fraction, lung_mask=local.lung_mask, cam=cam[0],
                      request_id="req-1", model_versions=local.triage["model_versions"])

@@ -8,7 +8,8 @@ import pydicom
 import pytest
 
 from client.dicom_files import make_dicom
-from client.gateway.service import OUT_OF_RESOURCES, Gateway, GatewayConfig, not_triaged_reason, parse_destination
+from client.gateway.service import OUT_OF_RESOURCES, Gateway, GatewayConfig, parse_destination
+from cxr.acceptance import tag_refusal
 
 
 @pytest.fixture
@@ -43,16 +44,22 @@ def test_full_disk_answers_out_of_resources_and_keeps_nothing(gateway, xray_pixe
 
 @pytest.mark.parametrize("changes,reason", [
     ({"Modality": "CT"}, "modality CT is not CR/DX"),
+    ({"Modality": None}, "modality missing is not CR/DX"),
     ({"BodyPartExamined": "HAND"}, "body part HAND is not chest"),
     ({"ViewPosition": "LL"}, "view position LL is not frontal"),
     ({}, None),
     ({"Modality": "DX", "ViewPosition": "AP"}, None),
+    ({"BodyPartExamined": None, "ViewPosition": None}, None),  # type 2/3, often absent: the pixels decide
+    ({"BodyPartExamined": "", "ViewPosition": ""}, None),
 ])
 def test_only_cr_dx_chest_frontal_views_are_triaged(xray_pixels, changes, reason):
     ds = pydicom.dcmread(io.BytesIO(make_dicom(xray_pixels)))
     for key, value in changes.items():
-        setattr(ds, key, value)
-    found = not_triaged_reason(ds)
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    found = tag_refusal(ds)
     assert (found is None) if reason is None else found.startswith(reason)
 
 

@@ -232,3 +232,24 @@ def test_cascade_stage2_runs_only_when_viral_or_covid_is_likely(triton, client, 
             assert out.triage["cascade"] is None
         outcomes.append(ran)
     assert any(outcomes) and not all(outcomes), "the sample should contain both branches"
+
+
+def test_what_is_not_a_frontal_chest_radiograph_is_refused_on_the_grpc_path(client, triton, corpus, corpus_source):
+    """The safety gate runs in the ensemble: a photograph (pixels) and a lateral DICOM (tags) each fail their own
+    request with the reason, counted by decision; a real CXR in the same burst is triaged."""
+    import urllib.request
+
+    from skimage.data import astronaut, chelsea
+
+    items = [("cat", png_bytes(chelsea())), ("person", png_bytes(astronaut())), ("lateral", corpus["dicom-lateral"]),
+             ("cxr", corpus_source.jpeg)]
+    got = {r.name: r for r in client.triage_many(items, concurrency=4)}
+    for name in ("cat", "person"):
+        assert got[name].error.startswith("bad image: not a frontal chest radiograph ("), got[name].error
+        assert "score" in got[name].error and ">=" in got[name].error
+    assert "view position LL is not frontal" in got["lateral"].error
+    assert got["cxr"].error is None and got["cxr"].triage["quality"]["decision"] in ("accept", "flag")
+    with urllib.request.urlopen(f"http://localhost:{triton.metrics_port}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    refused = [line for line in metrics.splitlines() if line.startswith("cxr_gate_decisions{") and 'decision="refuse"' in line]
+    assert refused and sum(float(line.rsplit(" ", 1)[1]) for line in refused) >= 2

@@ -155,3 +155,9 @@ def test_seeded_report_trains_each_model_per_seed_and_gives_mean_and_sd(data_dir
     table = (tmp_path / "seeded.md").read_text()
     assert "| mobilenetv2 | 64 | 1 | 2 |" in table and " +- " in table
     assert main(argv) == rows  # cached per seed
+    partial = main([*argv[:-4], "--seeds", "1", "2", "3", "--only-cached", *argv[-4:]])  # seed 3 never ran: not trained
+    assert partial == rows and "| mobilenetv2 | 64 | 1 | 2 |" in (tmp_path / "seeded.md").read_text()
+    with_cost = main([*argv, "--cost"])
+    assert with_cost == rows
+    cost = json.loads((tmp_path / "seeded.json").read_text())["img_s"]
+    assert cost["mobilenetv2"] > 0 and "CPU: " in (tmp_path / "seeded.md").read_text()

@@ -1,6 +1,6 @@
 """MANet's classification backbones (Xu et al., Neurocomputing 2021, Tables 2-3) with mask attention (MA).
 
-The torchvision definitions the paper's counts refer to (ResNet34/50, VGG16 with the 7x7 adaptive pool
+The torchvision definitions the paper's counts refer to (ResNet34/50, plus ResNet18 for the seeded comparison; VGG16 with the 7x7 adaptive pool
 and FC head, InceptionV3 without the auxiliary head), plus DenseNet121 for the MD-Conv paper's table.
 MA multiplies a block's batch-normalised output by the lung mask average-pooled to that resolution,
 right before the block's activation (:class:`training.layers.MaskedOutput` around the BN):
@@ -124,6 +124,7 @@ def _register(name: str, factory, mask_attention: bool, doc: str, cbam: bool = F
 
 _INCEPTION = {"aux_logits": False, "init_weights": True, "transform_input": False}
 for _arch, _factory, _kwargs in (
+    ("resnet18", tvm.resnet18, {}),
     ("resnet34", tvm.resnet34, {}),
     ("resnet50", tvm.resnet50, {}),
     ("vgg16", tvm.vgg16, {}),

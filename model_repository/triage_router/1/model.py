@@ -3,8 +3,10 @@
 It is the ensemble's last step and also passes the classifier's probabilities and CAM through, so every
 ensemble output comes from here (see :data:`cxr.specs.ROUTER`).
 
-:func:`cxr.cascade.route_batch` cleans the lung mask (MANet post-processing), computes lung coverage and
-applies the site thresholds (``thresholds.json`` beside this file; this version folder is one release). When the first stage
+:func:`cxr.cascade.route_batch` cleans the lung mask (MANet post-processing), computes lung coverage, judges
+the image with the release's safety gate (:mod:`cxr.gate`: a request with an image that is not a frontal chest
+radiograph fails with ``bad image: not a frontal chest radiograph (...)``; a borderline one is triaged at least
+``expedited`` with a ``quality`` block) and applies the site thresholds (``thresholds.json`` beside this file; this version folder is one release). When the first stage
 finds viral/covid likely, it runs the Cascade-SEMEnet stage-2 model ``covid_stage2`` on the lung-only images,
 here with BLS, one call for all such studies of the batch; other studies do not pay for it. The result
 records which models ran.
@@ -15,7 +17,7 @@ same inputs as the serving classifier got); its answer is never returned, only c
 ``cxr_shadow_comparisons{label, agree}`` counts agreement of the top finding per serving label.
 
 Custom metrics (python backend metrics API, on Triton's :8002 beside its own): studies per priority and per
-top finding, a histogram of every class probability, how often stage 2 ran (or failed), shadow agreement.
+top finding, gate decisions by detector, a histogram of every class probability, how often stage 2 ran (or failed), shadow agreement.
 """
 import json
 import os
@@ -54,13 +56,18 @@ class TritonPythonModel:
             try:
                 probs, cam, raw, cls_image = (pb_utils.get_input_tensor_by_name(request, n).as_numpy()
                                               for n in self.input_names)
-                responses.append(pb_utils.InferenceResponse(self._route(probs, cam, raw, cls_image)))
+                responses.append(self._route(probs, cam, raw, cls_image))
             except Exception as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"triage failed: {exc!r}")))
         return responses
 
     def _route(self, probs, cam, raw_masks, cls_images):
-        routed = route_batch(probs, raw_masks, cls_images, self.thresholds, self._stage2, self.stage2_model)
+        routed = route_batch(probs, raw_masks, cls_images, self.thresholds, self._stage2, self.stage2_model, cams=cam)
+        for r in routed:
+            self.metrics.observe_gate(r.verdict)
+        refused = [r.refused for r in routed if r.refused]
+        if refused:  # this request only; the others of the batch are unaffected
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad image: {refused[0]}"))
         if self.shadow is not None:
             self.shadow.compare(probs, raw_masks, cls_images)  # never raises: the shadow cannot fail a request
         labels, payloads = [], []
@@ -71,14 +78,14 @@ class TritonPythonModel:
             self.metrics.observe(payload, probs[len(labels)])
             labels.append(r.result.top_finding.encode())
             payloads.append(json.dumps(payload).encode())
-        return [
+        return pb_utils.InferenceResponse([
             pb_utils.Tensor("label", np.array(labels, dtype=object).reshape(-1, 1)),
             pb_utils.Tensor("triage", np.array(payloads, dtype=object).reshape(-1, 1)),
             pb_utils.Tensor("lung_fraction", np.array([r.lung_fraction for r in routed], dtype=np.float32).reshape(-1, 1)),
             pb_utils.Tensor("lung_mask", np.stack([r.mask[None] for r in routed]).astype(np.uint8)),
             pb_utils.Tensor("probabilities", probs),
             pb_utils.Tensor("cam", cam),
-        ]
+        ])
 
     def _stage2(self, images):
         """Covid probabilities from the stage-2 model (BLS), or ``(None, error)``."""
@@ -155,6 +162,15 @@ class RouterMetrics:
         # a family must outlive its metrics: keep a reference to every one
         self.shadow_errors_family = pb_utils.MetricFamily("cxr_shadow_errors", "Shadow requests that failed", counter)
         self.shadow_errors = self.shadow_errors_family.Metric(labels={})
+        self.gate_family = pb_utils.MetricFamily(
+            "cxr_gate_decisions", "Safety-gate decisions (refuse / flag / accept), by the detector that decided", counter)
+        self.gate = {}
+
+    def observe_gate(self, verdict):
+        key = (verdict.decision, verdict.detector or "none")
+        if key not in self.gate:
+            self.gate[key] = self.gate_family.Metric(labels={"decision": key[0], "detector": key[1]})
+        record(self.gate[key].increment, 1)
 
     def observe(self, payload, probabilities):
         record(self.priority[payload["priority"]].increment, 1)
