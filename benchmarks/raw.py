@@ -4,7 +4,8 @@
 
 Per batch size it times decode + preprocess, segmentation, classification and routing on the same
 real encoded images the served benchmark sends, with no server, queue or copies in between.
-``raw_img_s`` is the best batch size's end-to-end rate. Model-only GFLOP/s is reported against the
+``raw_img_s`` is the best batch size's end-to-end rate. ``gate_ms`` / ``gate_share``: the safety gate's
+part of routing (features + verdict), timed on its own, per image and as a share of the whole. Model-only GFLOP/s is reported against the
 ~180 GFLOP/s ONNX Runtime reaches for dense convolutions on this CPU.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import time
 
 from client.local_pipeline import LocalPipeline
+from cxr.gate import batch_features
+from cxr.lungmask import postprocess_mask
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
 
 
@@ -27,7 +30,7 @@ def model_gmacs() -> dict[str, float]:
 def time_batches(pipeline: LocalPipeline, blobs: list[bytes], batch: int, images: int) -> dict:
     """Seconds per image of each stage, over ``images`` images in batches of ``batch``."""
     stages = {"preprocess": 0.0, "segmentation": 0.0, "classification": 0.0, "routing": 0.0}
-    done = 0
+    gate_s, done = 0.0, 0
     pipeline.run_batch(blobs[:batch])  # warm-up: first-run allocations
     while done < images:
         chunk = [blobs[(done + i) % len(blobs)] for i in range(batch)]
@@ -42,9 +45,24 @@ def time_batches(pipeline: LocalPipeline, blobs: list[bytes], batch: int, images
         t4 = time.perf_counter()
         for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             stages[key] += dt
+        gate_s += _gate_seconds(pipeline, raw, cls_in, cam)
         done += batch
     total = sum(stages.values())
-    return {"batch": batch, "img_s": done / total, **{f"{k}_ms": 1e3 * v / done for k, v in stages.items()}}
+    return {"batch": batch, "img_s": done / total, **{f"{k}_ms": 1e3 * v / done for k, v in stages.items()},
+            "gate_ms": 1e3 * gate_s / done, "gate_share": gate_s / total}
+
+
+def _gate_seconds(pipeline: LocalPipeline, raw, cls_in, cam) -> float:
+    """Seconds the safety gate's part of routing takes for this batch (features + verdict), timed on its own
+    (it is also inside ``routing``); 0 for a release without a gate."""
+    gate = pipeline.thresholds.gate
+    if gate is None:
+        return 0.0
+    masks = [postprocess_mask(r[0]) for r in raw]  # routing cleans the masks with or without a gate
+    started = time.perf_counter()
+    for vector in batch_features(masks, raw, cls_in, cam):
+        gate.judge(vector)
+    return time.perf_counter() - started
 
 
 def measure(repository: str, blobs: list[bytes], batches=(1, 4, 8, 16), images: int = 64, threads: int = 2) -> dict:
@@ -65,10 +83,10 @@ def measure(repository: str, blobs: list[bytes], batches=(1, 4, 8, 16), images: 
 
 
 def print_table(result: dict) -> None:
-    print(f"{'batch':>5} {'img/s':>7} {'prep ms':>8} {'seg ms':>7} {'cls ms':>7} {'route ms':>8}")
+    print(f"{'batch':>5} {'img/s':>7} {'prep ms':>8} {'seg ms':>7} {'cls ms':>7} {'route ms':>8} {'(gate ms':>9} {'share)':>7}")
     for r in result["rows"]:
         print(f"{r['batch']:>5} {r['img_s']:>7.2f} {r['preprocess_ms']:>8.2f} {r['segmentation_ms']:>7.2f} "
-              f"{r['classification_ms']:>7.2f} {r['routing_ms']:>8.2f}")
+              f"{r['classification_ms']:>7.2f} {r['routing_ms']:>8.2f} {r['gate_ms']:>9.2f} {100 * r['gate_share']:>6.1f}%")
     print(f"raw limit {result['raw_img_s']:.2f} img/s at batch {result['best_batch']}; models run at "
           f"{result['model_gflop_s']:.0f} GFLOP/s (segmentation {result['segmentation_gflop_s']:.0f}; "
           f"GMACs/img {result['gmacs']})")

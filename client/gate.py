@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.gate import NAMES, Detector, Gate
+from cxr.gate import NAMES, Detector, Gate, batch_features
 from cxr.lungmask import postprocess_mask
 from training.data.manifest import Record, evenly, read_split
 
@@ -37,18 +37,16 @@ TURNED = ("cxr_rotated_90", "cxr_upside_down", "cxr_inverted")
 
 
 def features_of(pipeline, blobs: list[bytes], batch: int = 8, desc: str = "gate features") -> np.ndarray:
-    """``(N, features)``: :func:`cxr.gate.study_features` of each encoded image, through the served graphs."""
+    """``(N, features)``: :func:`cxr.gate.batch_features` of each encoded image, through the served graphs."""
     from tqdm import tqdm
-
-    from cxr.gate import study_features
 
     rows = []
     for start in tqdm(range(0, len(blobs), batch), desc=desc, unit="batch", disable=None):
         seg_in, cls_in = pipeline.prepare(blobs[start : start + batch])
         raw = pipeline.segment(seg_in)
         _, cam = pipeline.classify(cls_in, raw)
-        rows.extend(study_features(postprocess_mask(r[0]), r, c, m) for r, c, m in zip(raw, cls_in, cam))
-    return np.array(rows).reshape(-1, len(NAMES))
+        rows.append(batch_features([postprocess_mask(r[0]) for r in raw], raw, cls_in, cam))
+    return np.concatenate(rows) if rows else np.zeros((0, len(NAMES)))
 
 
 def turned_blobs(records: list[Record]) -> list[bytes]:
@@ -138,6 +136,7 @@ def negatives_report(pipeline, test: list[Record]) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> dict:
     from client.local_pipeline import LocalPipeline
     from client.thresholds import SHIPPED, _shared_name, next_version
+    from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
     from cxr.triage import Thresholds
     from training.data.manifest import KERMANY224_MANIFEST, DEFAULT_MANIFEST, resolve_manifest
     from training.data.negatives import REPORTED_APART
@@ -178,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     base_raw = json.loads(Path(args.base).read_text())
     version = next_version(base_raw["version"])
-    raw = {**base_raw, "version": version, "quality": gate.to_dict(),
+    fitted_for = {role: built[role]["weights_sha256"] for role in (LUNG_SEGMENTATION.role, CLASSIFIER.role)}
+    raw = {**base_raw, "version": version, "quality": {**gate.to_dict(), "fitted_for": fitted_for},
            "description": base_raw.get("description", "") + f" Safety gate fitted by `cxr thresholds gate` ({version})."}
     pipeline.thresholds = Thresholds.from_dict(raw)
     report = {"version": version, "manifests": [_shared_name(m) for m in manifests],

@@ -50,7 +50,7 @@ class Scored:
 def score(manifests: list[Path], split: str, repository: str | Path, batch: int = 8) -> Scored:
     from client.local_pipeline import LocalPipeline
     from cxr.cascade import stage2_input
-    from cxr.gate import study_features
+    from cxr.gate import batch_features
     from cxr.lungmask import lung_fraction, postprocess_mask
 
     records = read_split(manifests, split)
@@ -63,9 +63,9 @@ def score(manifests: list[Path], split: str, repository: str | Path, batch: int 
         p, cam = pipeline.classify(cls_in, raw)
         probs.append(p)
         fractions.extend(lung_fraction(m) for m in masks)
-        features.extend(study_features(m, r, c, k) for m, r, c, k in zip(masks, raw, cls_in, cam))
+        features.append(batch_features(masks, raw, cls_in, cam))
         covid.append(pipeline.stage2(np.stack([stage2_input(c, m) for c, m in zip(cls_in, masks)])))
-    return Scored(records, np.concatenate(probs), np.array(fractions), np.concatenate(covid), np.array(features))
+    return Scored(records, np.concatenate(probs), np.array(fractions), np.concatenate(covid), np.concatenate(features))
 
 
 REFUSED = len(PRIORITIES)  # the level of a study the safety gate refuses: below every priority (a miss)

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from cxr.gate import Verdict, study_features
+from cxr.gate import Verdict, batch_features
 from cxr.lungmask import lung_fraction, postprocess_mask
 from cxr.specs import CLASSIFIER, COVID_STAGE2, ModelSpec
 from cxr.triage import Thresholds, TriageResult, needs_stage2, triage, with_quality, with_stage2
@@ -46,8 +46,8 @@ def stage2_input(cls_image: np.ndarray, lung_mask: np.ndarray, spec: ModelSpec =
 class Routed:
     """One study after routing: its post-processed lung mask, lung fraction, gate verdict and triage result.
 
-    A study the gate refuses still has a result (what it would have been); callers fail its request with
-    :attr:`refused` instead of returning it.
+    A study the gate refuses still has a stage-1 result (stage 2 is not run for it), never returned: callers
+    fail its request with :attr:`refused` instead.
     """
 
     mask: np.ndarray
@@ -72,7 +72,7 @@ def route_batch(probabilities: Sequence[np.ndarray], raw_masks: Sequence[np.ndar
     gate = thresholds.gate
     if gate is not None and cams is None:
         raise ValueError("the thresholds release has a safety gate: route_batch needs the classifier's cams")
-    verdicts = ([gate.judge(study_features(m, r, c, cam)) for m, r, c, cam in zip(masks, raw_masks, cls_images, cams)]
+    verdicts = ([gate.judge(v) for v in batch_features(masks, raw_masks, cls_images, cams)]
                 if gate is not None else [Verdict("accept")] * len(masks))
     results = [with_quality(triage(p, f, thresholds), v) if gate is not None else triage(p, f, thresholds)
                for p, f, v in zip(probabilities, fractions, verdicts)]

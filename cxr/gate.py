@@ -1,23 +1,25 @@
 """The safety gate's pixel side: is this a frontal chest radiograph like the ones the models were trained on?
 
-Built only from what the served models already compute, so it costs almost nothing per image:
+Built only from what the served models already compute, so it costs about a millisecond per image:
 
 - the lung mask: a frontal CXR has two lung-shaped components side by side, of similar size, taller than
-  wide, solid, wider at the base than at the apex, in the middle band of the image; a photograph, a
-  document or a knee gives fragments, one blob, or shapes in the wrong places; a 90-degree rotation stacks
-  the lungs, an upside-down film puts the broad bases on top;
+  wide, solid, in the middle band of the image; a photograph, a document or a knee gives fragments, one
+  blob, or shapes in the wrong places; a 90-degree rotation stacks the lungs;
 - the image inside and around the lungs: lungs are darker than the mediastinum and the soft tissue beside
-  them (air attenuates least); a photometrically inverted film makes them brighter;
+  them (air attenuates least), and the abdomen below them is brighter than the neck above; a photometrically
+  inverted or upside-down film breaks these;
 - the grey levels: a radiograph spreads over many, a drawing, a document or a binary image over few;
 - the classifier's own logits (recovered from the CAM: global average pooling then a linear head, so the
-  mean of the CAM over positions is the logits): the energy ``logsumexp(logits)`` is low on inputs unlike
-  the training data (Liu et al., "Energy-based out-of-distribution detection", NeurIPS 2020).
+  mean of the CAM over positions is the logits): ``logsumexp(logits)``, the negative of the energy of Liu et
+  al. ("Energy-based out-of-distribution detection", NeurIPS 2020), is low on inputs unlike the training data.
 
-:func:`features` turns one study into a fixed vector; :class:`Gate` scores it as the Mahalanobis distance to
-the training split's real CXRs (mean and covariance fitted by ``cxr thresholds gate``) and decides with two
-thresholds fitted on val: ``refuse_at`` (at most 1 % of the real CXRs of any val source beyond it) and
-``flag_at`` (borderline: triaged, but at least ``expedited`` and with a ``quality`` block for a human look).
-The fitted gate is part of the thresholds release (its ``quality`` section), like every operating point.
+:func:`features` turns one study into a fixed vector. A :class:`Gate` holds two :class:`Detector` s fitted by
+``cxr thresholds gate`` (:mod:`client.gate`): ``typicality``, the Mahalanobis distance to the training split's
+real CXRs, and ``orientation``, a logistic regression against the same CXRs turned the wrong way. Each has a
+``flag_at`` (borderline: triaged, but at least ``expedited`` with a ``quality`` block for a human look) and a
+``refuse_at`` threshold, fitted on val so that each refuses at most 0.5 % of any source (together at most
+1 %). A vector that is not finite (e.g. overflowing logits) is refused. The fitted gate is part of the
+thresholds release (its ``quality`` section), like every operating point.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ from cxr.specs import CLASSIFIER
 # name -> what it measures (also the vocabulary of the reasons given to callers)
 FEATURES = {
     "lung_fraction": "share of the image that is lung",
-    "kept_fraction": "share of the raw mask in its two largest components",
-    "fragments": "raw mask components beyond the two largest",
+    "kept_fraction": "cleaned lung area / raw mask area (hole filling can make it exceed 1)",
+    "fragments": "raw mask components the cleaning dropped",
     "lung_balance": "smaller lung area / larger lung area",
     "side_by_side": "horizontal over vertical distance of the two lungs",
     "centre_x": "horizontal centre of the lungs (0 left, 1 right)",
@@ -93,7 +95,7 @@ def features(mask: np.ndarray, raw_mask: np.ndarray, unit_image: np.ndarray, log
     quarter = max(len(rows) // 4, 1)
     values["apex_width"] = float(rows[:quarter].mean() / max(rows[-quarter:].mean(), 1.0))
     inside = lungs > 0
-    content = unit_image > 0  # not the letterbox padding
+    content = unit_image > 0  # not the letterbox padding (nor the image's own darkest level, which scales to 0)
     values["lung_level"] = float(unit_image[inside].mean())
     band = max((bottom - top) // 4, 1)
     above, below = content[max(top - band, 0) : top], content[bottom : bottom + band]
@@ -127,6 +129,12 @@ def study_features(mask: np.ndarray, raw_mask: np.ndarray, cls_image: np.ndarray
     return features(mask, raw_mask[0], unit, logits_from_cam(cam))
 
 
+def batch_features(masks, raw_masks: np.ndarray, cls_images: np.ndarray, cams: np.ndarray) -> np.ndarray:
+    """``(N, features)`` of a batch: :func:`study_features` of each study (``masks``: post-processed, per study)."""
+    rows = [study_features(m, r, c, k) for m, r, c, k in zip(masks, raw_masks, cls_images, cams, strict=True)]
+    return np.array(rows, dtype=np.float64).reshape(-1, len(NAMES))
+
+
 def logits_from_cam(cam: np.ndarray) -> np.ndarray:
     """``(classes, h, w)`` class-activation map -> logits: the head is linear after global average pooling."""
     return cam.reshape(cam.shape[0], -1).mean(axis=1)
@@ -137,13 +145,15 @@ class Verdict:
     """The gate's answer for one study: ``accept``, ``flag`` (borderline) or ``refuse``."""
 
     decision: str
-    detector: str | None = None  # the detector that decided (None: accepted)
+    detector: str | None = None  # the detector that decided (accepted: the one closest to flagging)
     score: float = 0.0
     threshold: float = 0.0
     reasons: tuple[str, ...] = ()
 
     def message(self) -> str:
         """``not a frontal chest radiograph (<reason>, score s >= t)``: what a refused request's error says."""
+        if self.detector == "features":
+            return f"not a frontal chest radiograph ({'; '.join(self.reasons)})"
         return f"not a frontal chest radiograph ({'; '.join(self.reasons)}, score {self.score:.1f} >= {self.threshold:.1f})"
 
     def to_dict(self) -> dict:
@@ -177,18 +187,37 @@ class Detector:
         return float(np.sqrt(max(d @ self.precision @ d, 0.0)))
 
     def reasons(self, vector: np.ndarray, top: int = 2) -> tuple[str, ...]:
-        """In words, the features that push this score up most (``smaller lung area / ... 8.3 sd low``)."""
+        """In words, the features that push this score up most (``smaller lung area / ... 8.3 sd low``): for
+        typicality each feature's share ``d_i (P d)_i`` of the squared distance, for orientation ``w_i z_i``."""
         z = (vector - self.mean) / self.scale
-        push = z * self.weights if self.weights is not None else np.abs(z)
+        if self.weights is not None:
+            push = z * self.weights
+        else:
+            d = vector - self.mean
+            push = d * (self.precision @ d)
         lead = "turned or inverted film?" if self.weights is not None else "unlike the training CXRs:"
         words = [f"{FEATURES[NAMES[i]]} {abs(z[i]):.1f} sd {'high' if z[i] > 0 else 'low'}" for i in np.argsort(-push)[:top]]
         return (f"{lead} {', '.join(words)}",)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Detector":
+        """Raises ValueError (naming the problem) on a detector that could not score a feature vector."""
+        n = len(NAMES)
         arrays = {k: np.asarray(raw[k], dtype=np.float64) for k in ("mean", "scale", "precision", "weights") if k in raw}
-        return cls(raw["name"], flag_at=float(raw["flag_at"]), refuse_at=float(raw["refuse_at"]),
-                   bias=float(raw.get("bias", 0.0)), **arrays)
+        shapes = {"mean": (n,), "scale": (n,), "precision": (n, n), "weights": (n,)}
+        problems = [f"{k} has shape {a.shape}, not {shapes[k]}" for k, a in arrays.items() if a.shape != shapes[k]]
+        problems += [f"{k} is missing" for k in ("mean", "scale") if k not in arrays]
+        if ("precision" in arrays) == ("weights" in arrays):
+            problems.append("needs exactly one of precision (typicality) or weights (orientation)")
+        detector = cls(raw["name"], flag_at=float(raw["flag_at"]), refuse_at=float(raw["refuse_at"]),
+                       bias=float(raw.get("bias", 0.0)), **arrays) if not problems else None
+        if detector is not None and not detector.flag_at <= detector.refuse_at:
+            problems.append(f"flag_at {detector.flag_at} > refuse_at {detector.refuse_at}")
+        if detector is not None and not all(np.isfinite(a).all() for a in arrays.values()):
+            problems.append("has non-finite values")
+        if problems:
+            raise ValueError(f"safety gate detector {raw.get('name')!r}: {'; '.join(problems)}")
+        return detector
 
     def to_dict(self) -> dict:
         """Exact (JSON floats round-trip), so the served gate decides exactly as the fitted one was measured."""
@@ -217,13 +246,21 @@ class Gate:
         return {"features": list(NAMES), "detectors": [d.to_dict() for d in self.detectors]}
 
     def judge(self, vector: np.ndarray) -> Verdict:
-        verdict = Verdict("accept")
+        """The worst decision of the detectors; an accepted study carries the score closest to its flag line."""
+        if not np.isfinite(vector).all():
+            bad = [NAMES[i] for i in np.flatnonzero(~np.isfinite(vector))]
+            return Verdict("refuse", "features", float("inf"), 0.0, (f"features not finite: {', '.join(bad)}",))
+        verdict, closest = Verdict("accept"), None
         for detector in self.detectors:
             score = detector.score(vector)
+            if closest is None or score - detector.flag_at > closest[0] - closest[1]:
+                closest = (score, detector.flag_at, detector.name)
             for decision, limit in (("refuse", detector.refuse_at), ("flag", detector.flag_at)):
                 if score >= limit and _RANK[decision] > _RANK[verdict.decision]:
                     verdict = Verdict(decision, detector.name, score, limit, detector.reasons(vector))
                     break
+        if verdict.decision == "accept" and closest is not None:
+            verdict = Verdict("accept", closest[2], closest[0], closest[1])
         return verdict
 
 

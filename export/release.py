@@ -194,7 +194,7 @@ def publish(repository: str | Path, role: str, weights: str | Path, *, tolerance
     if gates[-1].passed:
         install_python_model(ONNX_ADAPTER, version_dir)
         candidate_files = {role: version_dir / "model.onnx"}
-        if "metrics" not in serving:  # the serving release's own numbers, measured once on the same split
+        if "gate" not in serving.get("metrics", {}):  # the serving release's own numbers, measured once on the same split
             serving["metrics"] = evaluate(manifest, split, repository=repository, resamples=0)  # gates: point metrics
             save_state(repository, state)
         name, before = _quality(role, serving["metrics"])
@@ -204,6 +204,8 @@ def publish(repository: str | Path, role: str, weights: str | Path, *, tolerance
             k: report["classification"][k] for k in ("accuracy", "macro_f1")}}
         gates.append(Gate("quality", after >= before - tolerance,
                           f"{name} {after:.4f} vs serving {before:.4f} (tolerance {tolerance})"))
+        gates += safety_gate_checks(role, record["weights_sha256"], serving["metrics"], report,
+                                    repository / ROUTER.role / str(current[ROUTER.role]) / "thresholds.json", tolerance)
         old_ms, new_ms = _latencies_ms(repository / role / str(current[role]) / "model.onnx",
                                        version_dir / "model.onnx", role)
         gates.append(Gate("latency", new_ms <= latency_factor * old_ms,
@@ -221,6 +223,26 @@ def publish(repository: str | Path, role: str, weights: str | Path, *, tolerance
         release = _new_release(repository, state, pins, repository / ROUTER.role / str(current[ROUTER.role]) / "thresholds.json",
                                versions, note=f"{role} v{version}", gates=record["gates"])
     return {"role": role, "version": version, "gates": record["gates"], "release": release}
+
+
+def safety_gate_checks(role: str, digest: str, serving: dict, candidate: dict, thresholds: Path,
+                       tolerance: float) -> list[Gate]:
+    """The safety gate's share of real studies it accepts must not fall (the quality check above only scores the
+    studies it accepted), and a gate fitted for other weights of ``role`` is named: it still runs, but its
+    features come from a model it was not fitted on; refit it (``cxr thresholds gate``) and publish those
+    thresholds."""
+    quality = json.loads(thresholds.read_text()).get("quality")
+    if not quality:
+        return []
+    before, after = serving["gate"]["pooled"]["accepted"], candidate["gate"]["pooled"]["accepted"]
+    checks = [Gate("gate acceptance", after >= before - tolerance,
+                   f"real studies accepted by the safety gate {after:.4f} vs serving {before:.4f} (tolerance {tolerance})")]
+    fitted = quality.get("fitted_for", {}).get(role)
+    if fitted is not None and fitted != digest:
+        checks.append(Gate("gate fitted for these weights", True,
+                           f"warning: the safety gate was fitted for {role} weights {fitted[:12]}, not {digest[:12]}; "
+                           "refit it with `cxr thresholds gate --publish` after promoting"))
+    return checks
 
 
 def publish_thresholds(repository: str | Path, thresholds: str | Path) -> int:

@@ -84,7 +84,9 @@ def test_raw_pipeline_reports_each_stage(repository, xray_jpeg):
     row = result["rows"][0]
     assert row["batch"] == 2 and result["best_batch"] == 2
     assert all(row[k] > 0 for k in ("preprocess_ms", "segmentation_ms", "classification_ms", "routing_ms"))
-    assert result["raw_img_s"] == pytest.approx(1e3 / sum(row[k] for k in row if k.endswith("_ms")))
+    stages = ("preprocess_ms", "segmentation_ms", "classification_ms", "routing_ms")
+    assert result["raw_img_s"] == pytest.approx(1e3 / sum(row[k] for k in stages))
+    assert row["gate_ms"] > 0 and row["gate_share"] == pytest.approx(row["gate_ms"] / sum(row[k] for k in stages))
     # The MACs PyTorch counts for the served graphs (ResUNet-18 and MobileNetV2 MD-Conv at 256 px).
     assert result["gmacs"]["lung_segmentation"] == pytest.approx(3.48, abs=0.01)
     assert result["gmacs"]["cxr_classifier"] == pytest.approx(0.388, abs=0.005)

@@ -125,3 +125,29 @@ def test_routing_refuses_without_running_stage2_and_needs_the_cams():
     assert calls == [1]  # the refused study did not cost a stage-2 run
     with pytest.raises(ValueError, match="needs the classifier's cams"):
         route_batch(probs, raw, cls_images, thresholds, stage2)
+
+
+def test_features_that_are_not_finite_are_refused_not_accepted():
+    gate = _gate(_vector(*_lungs()))
+    vector = _vector(*_lungs())
+    vector[NAMES.index("energy")] = np.nan  # e.g. logits that overflowed
+    verdict = gate.judge(vector)
+    assert verdict.decision == "refuse" and "features not finite: energy" in verdict.message()
+
+
+def test_a_malformed_detector_is_refused_when_the_release_loads():
+    raw = _gate(_vector(*_lungs())).to_dict()
+    detector = raw["detectors"][0]
+    for broken, problem in (({"precision": [[1.0]]}, "precision has shape"), ({"flag_at": 9.0}, "flag_at 9.0 > refuse_at"),
+                            ({"weights": [0.0] * len(NAMES)}, "exactly one of precision")):
+        with pytest.raises(ValueError, match=problem):
+            Thresholds.from_dict({"version": "t", "quality": {**raw, "detectors": [{**detector, **broken}]}})
+
+
+def test_an_accepted_study_carries_the_score_closest_to_its_flag_line():
+    centre = _vector(*_lungs())
+    near = centre.copy()
+    near[0] += 2.0
+    verdict = _gate(centre).judge(near)
+    assert (verdict.decision, verdict.detector, verdict.threshold) == ("accept", "typicality", 3.0)
+    assert verdict.score == pytest.approx(2.0)

@@ -11,8 +11,10 @@ rebuilt anywhere instead of being shipped:
   and mirrored left-right (a mirrored film is still a frontal chest radiograph: reported apart, because
   only the heart's side tells it, and the gate is not built to see that).
 
-Each kind yields a few views (whole image, crops, grey or colour) as encoded PNG bytes. The gate is fitted
-on real CXRs only, so every kind here is one it never saw: the corpus measures generalisation.
+The photographs and the phantom yield four views each (whole image and three crops, grey or colour as they
+come), the turned kinds one image per CXR, all as encoded PNG bytes. The gate's typicality detector is fitted
+on real CXRs only and its orientation detector on *train* CXRs turned the same three ways, so every kind but
+the three turned ones is one the gate never saw: the corpus measures generalisation.
 """
 from __future__ import annotations
 

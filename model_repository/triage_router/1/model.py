@@ -63,11 +63,14 @@ class TritonPythonModel:
 
     def _route(self, probs, cam, raw_masks, cls_images):
         routed = route_batch(probs, raw_masks, cls_images, self.thresholds, self._stage2, self.stage2_model, cams=cam)
-        for r in routed:
-            self.metrics.observe_gate(r.verdict)
-        refused = [r.refused for r in routed if r.refused]
-        if refused:  # this request only; the others of the batch are unaffected
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad image: {refused[0]}"))
+        if self.thresholds.gate is not None:
+            for r in routed:
+                self.metrics.observe_gate(r.verdict)
+        refused = [(i, r.refused) for i, r in enumerate(routed) if r.refused]
+        if refused:  # this request fails (it is one study in practice); other requests of the batch are unaffected
+            i, message = refused[0]
+            where = f" (image {i + 1} of {len(routed)})" if len(routed) > 1 else ""
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad image{where}: {message}"))
         if self.shadow is not None:
             self.shadow.compare(probs, raw_masks, cls_images)  # never raises: the shadow cannot fail a request
         labels, payloads = [], []
