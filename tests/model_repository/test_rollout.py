@@ -96,7 +96,11 @@ def test_publish_promote_rollback_under_load_without_a_failed_request(repository
     })
     # the broken model was stopped by the quality gate; nothing changed for the server
     assert rejected["release"] is None
-    assert {g["name"]: g["passed"] for g in rejected["gates"]} == {"parity": True, "quality": False, "latency": True}
+    assert {g["name"]: g["passed"] for g in rejected["gates"]} == {
+        "parity": True, "quality": False, "gate acceptance": True, "gate fitted for these weights": True, "latency": True}
+    # other weights than the safety gate was fitted for: published, with the warning to refit it
+    fitted_for = next(g for g in good["gates"] if g["name"] == "gate fitted for these weights")
+    assert "refit it with `cxr thresholds gate --publish`" in fitted_for["detail"]
     assert (repo / CLASSIFIER.role / str(rejected["version"]) / "manifest.json").exists()
     # the nudged one passed, became release 2, served, and was rolled back to release 1
     assert good["release"] == 2 and all(g["passed"] for g in good["gates"])
