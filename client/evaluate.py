@@ -23,6 +23,7 @@ import numpy as np
 from cxr.labels import LABELS, label_index
 from cxr.lungmask import read_mask
 from cxr.pixels import NOT_FRONTAL_CHEST
+from cxr.triage import gate_decision
 from cxr.specs import LUNG_SEGMENTATION
 from training.data.manifest import Record, read_split
 from training.metrics import (bootstrap_intervals, calibration_bins, classification_report, headline,
@@ -46,7 +47,7 @@ def _predict(records: list[Record], url: str | None, repository, batch_size: int
                 continue
             probs.append(out.arrays["probabilities"][0])
             masks.append(out.arrays["lung_mask"][0, 0])
-            decisions.append((out.triage.get("quality") or {}).get("decision", "accept"))
+            decisions.append(gate_decision(out.triage))
     else:
         from client.local_pipeline import LocalPipeline
 
@@ -62,7 +63,7 @@ def _predict(records: list[Record], url: str | None, repository, batch_size: int
                     continue
                 probs.append(res.probabilities)
                 masks.append(res.lung_mask)
-                decisions.append((res.triage.get("quality") or {}).get("decision", "accept"))
+                decisions.append(gate_decision(res.triage))
     return probs, masks, errors, decisions
 
 
@@ -72,7 +73,7 @@ def gate_report(decisions: Sequence[str]) -> dict:
     n = len(decisions)
     counts = {d: decisions.count(d) for d in ("accept", "flag", "refuse", "error")}
     return {"n": n, **counts, "accepted": (counts["accept"] + counts["flag"]) / n if n else None,
-            "flagged": counts["flag"] / n if n else None}
+            "flagged": counts["flag"] / n if n else None, "refused": counts["refuse"] / n if n else None}
 
 
 def scored(y_true: Sequence[int], probs: np.ndarray, patients: Sequence[str], resamples: int = 1000) -> dict:

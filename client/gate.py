@@ -56,10 +56,15 @@ def turned_blobs(records: list[Record]) -> list[bytes]:
     return [data for i, kind in enumerate(TURNED) for _, data in turned_cxrs(records[i :: len(TURNED)], kind)]
 
 
+def _standardiser(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (floored) standard deviation of the train CXRs' features: both detectors work in these units."""
+    return train.mean(0), np.maximum(train.std(0), 1e-6)
+
+
 def fit_typicality(train: np.ndarray) -> Detector:
     from sklearn.covariance import LedoitWolf
 
-    mean, scale = train.mean(0), np.maximum(train.std(0), 1e-6)
+    mean, scale = _standardiser(train)
     z_precision = LedoitWolf().fit((train - mean) / scale).precision_  # on standardised features: one shrinkage fits all
     return Detector("typicality", mean, scale, np.inf, np.inf, precision=z_precision / np.outer(scale, scale))
 
@@ -67,7 +72,7 @@ def fit_typicality(train: np.ndarray) -> Detector:
 def fit_orientation(train: np.ndarray, turned: np.ndarray) -> Detector:
     from sklearn.linear_model import LogisticRegression
 
-    mean, scale = train.mean(0), np.maximum(train.std(0), 1e-6)
+    mean, scale = _standardiser(train)
     z = (np.vstack([train, turned]) - mean) / scale
     y = np.r_[np.zeros(len(train)), np.ones(len(turned))]
     model = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced").fit(z, y)
@@ -101,19 +106,16 @@ def fit_gate(train: np.ndarray, turned: np.ndarray, val: np.ndarray, val_sources
 
 
 def acceptance(gate: Gate, vectors: np.ndarray, sources: list[str]) -> dict[str, dict]:
-    """Per source: studies, and the share accepted (flagged included), flagged and refused."""
-    decisions = np.array([gate.judge(v).decision for v in vectors])
-    sources = np.array(sources)
-    out = {}
-    for source in sorted(set(sources.tolist())):
-        d = decisions[sources == source]
-        out[source] = {"n": int(len(d)), "accepted": float(np.mean(d != "refuse")), "flagged": float(np.mean(d == "flag")),
-                       "refused": float(np.mean(d == "refuse"))}
-    return out
+    """Per source: :func:`client.evaluate.gate_report` of the gate's decisions (shares accepted, flagged, refused)."""
+    from client.evaluate import gate_report
+
+    decisions = [gate.judge(v).decision for v in vectors]
+    return {source: gate_report([d for d, s in zip(decisions, sources) if s == source]) for source in sorted(set(sources))}
 
 
 def negatives_report(pipeline, test: list[Record]) -> dict[str, dict]:
     """Per negative kind: images, and the share refused, flagged, and triaged ``routine`` (the failure)."""
+    from cxr.triage import gate_decision
     from training.data.negatives import corpus
 
     by_kind: dict[str, list[tuple[str, bytes]]] = {}
@@ -125,7 +127,7 @@ def negatives_report(pipeline, test: list[Record]) -> dict[str, dict]:
         for start in range(0, len(items), 8):
             for res in pipeline.run_batch([d for _, d in items[start : start + 8]]):
                 refused += res.refused is not None
-                flagged += res.refused is None and (res.triage.get("quality") or {}).get("decision") == "flag"
+                flagged += res.refused is None and gate_decision(res.triage) == "flag"
                 routine += res.refused is None and res.triage["priority"] == "routine"
         n = len(items)
         out[kind] = {"n": n, "refused": refused / n, "flagged": flagged / n, "refused_or_flagged": (refused + flagged) / n,

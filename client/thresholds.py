@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.labels import LABELS, UNTRAINED
-from cxr.triage import PRIORITIES, Thresholds, needs_stage2, triage, with_quality, with_stage2
+from cxr.triage import PRIORITIES, Thresholds, needs_stage2, triage, with_stage2
 from training.data.manifest import Record, read_split
 from training.metrics import group_bootstrap
 
@@ -83,9 +83,7 @@ def priorities(scored: Scored, thresholds: Thresholds) -> np.ndarray:
         if verdict is not None and verdict.decision == "refuse":
             out.append(REFUSED)
             continue
-        result = triage(p, float(fraction), thresholds)
-        if verdict is not None:
-            result = with_quality(result, verdict)
+        result = triage(p, float(fraction), thresholds, verdict)
         if needs_stage2(p, thresholds):
             result = with_stage2(result, float(covid), thresholds)
         out.append(PRIORITIES.index(result.priority))

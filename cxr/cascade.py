@@ -21,7 +21,7 @@ import numpy as np
 from cxr.gate import Verdict, batch_features
 from cxr.lungmask import lung_fraction, postprocess_mask
 from cxr.specs import CLASSIFIER, COVID_STAGE2, ModelSpec
-from cxr.triage import Thresholds, TriageResult, needs_stage2, triage, with_quality, with_stage2
+from cxr.triage import Thresholds, TriageResult, needs_stage2, triage, with_stage2
 
 # stage2(images (N, 1, h, w)) -> (covid probability per image, None), or (None, error message).
 Stage2 = Callable[[np.ndarray], "tuple[np.ndarray | None, str | None]"]
@@ -74,7 +74,7 @@ def route_batch(probabilities: Sequence[np.ndarray], raw_masks: Sequence[np.ndar
         raise ValueError("the thresholds release has a safety gate: route_batch needs the classifier's cams")
     verdicts = ([gate.judge(v) for v in batch_features(masks, raw_masks, cls_images, cams)]
                 if gate is not None else [Verdict("accept")] * len(masks))
-    results = [with_quality(triage(p, f, thresholds), v) if gate is not None else triage(p, f, thresholds)
+    results = [triage(p, f, thresholds, v if gate is not None else None)  # no gate: no quality block
                for p, f, v in zip(probabilities, fractions, verdicts)]
     due = [i for i, p in enumerate(probabilities) if needs_stage2(p, thresholds) and verdicts[i].decision != "refuse"]
     if due:

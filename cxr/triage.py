@@ -123,17 +123,29 @@ def with_quality(result: TriageResult, verdict: "Verdict") -> TriageResult:
                    quality=verdict.to_dict())
 
 
-def triage(probabilities: Sequence[float], lung_fraction: float, thresholds: Thresholds) -> TriageResult:
+def triage(probabilities: Sequence[float], lung_fraction: float, thresholds: Thresholds,
+           verdict: "Verdict | None" = None) -> TriageResult:
     """Decide the priority of one study.
 
     Args:
         probabilities: one probability per label, in :data:`cxr.labels.LABELS` order.
         lung_fraction: fraction of the image the segmenter found to be lung.
         thresholds: the site's release.
+        verdict: the safety gate's verdict on the study (:func:`with_quality`), where the release has a gate.
 
     Raises:
         ValueError: ``probabilities`` does not have one value per label.
     """
+    result = _triage(probabilities, lung_fraction, thresholds)
+    return result if verdict is None else with_quality(result, verdict)
+
+
+def gate_decision(payload: dict) -> str:
+    """The gate's decision recorded in a triage result (``accept`` where the release has no gate)."""
+    return (payload.get("quality") or {}).get("decision", "accept")
+
+
+def _triage(probabilities: Sequence[float], lung_fraction: float, thresholds: Thresholds) -> TriageResult:
     if len(probabilities) != len(LABELS):
         raise ValueError(f"expected {len(LABELS)} probabilities ({', '.join(LABELS)}), got {len(probabilities)}")
     probs = {label: float(p) for label, p in zip(LABELS, probabilities)}
