@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from benchmarks import raw as raw_bench
 from benchmarks.images import benchmark_images
@@ -49,11 +50,20 @@ def ensure_repository(profile: str) -> str:
     return repository
 
 
+def _quiet(line: str) -> None:
+    pass
+
+
+def _level_line(name: str, row: dict) -> str:
+    return f"{name} concurrency {row['concurrency']}: {row['img_s']:.1f} img/s, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms"
+
+
 def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY, url: str | None = None,
-                   shared_memory: str | None = None) -> list[dict]:
+                   shared_memory: str | None = None, say: Callable[[str], None] = _quiet) -> list[dict]:
     """Load levels against ``cxr_triage`` (a server is started on ``repository`` unless ``url`` is given).
 
     ``shared_memory="system"``: the client passes images through POSIX shared memory (co-located client).
+    ``say`` gets one line per finished load level (progress).
     """
     from client.grpc_client import TriageClient
 
@@ -67,6 +77,7 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
             row = run_load(send, blobs, c, requests_for(c))
             row["server"] = breakdown(before, snapshot(client.client))
             rows.append(row)
+            say(_level_line("  served", row))
         client.close()
         return rows
 
@@ -78,7 +89,8 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
         return levels(server.grpc_url, server.admin_key)
 
 
-def measure_baseline(blobs: list[bytes], concurrency=BASELINE_CONCURRENCY, startup_s: float = 120.0) -> list[dict]:
+def measure_baseline(blobs: list[bytes], concurrency=BASELINE_CONCURRENCY, startup_s: float = 120.0,
+                     say: Callable[[str], None] = _quiet) -> list[dict]:
     """Start the Flask baseline in a subprocess and drive it with the same load generator."""
     from cxr.server import free_port
 
@@ -106,7 +118,11 @@ def measure_baseline(blobs: list[bytes], concurrency=BASELINE_CONCURRENCY, start
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the Flask baseline did not start")
                 time.sleep(0.5)
-        return [run_load(send, blobs, c, requests_for(c)) for c in concurrency]
+        rows = []
+        for c in concurrency:
+            rows.append(run_load(send, blobs, c, requests_for(c)))
+            say(_level_line("  baseline", rows[-1]))
+        return rows
     finally:
         process.terminate()
         process.wait(30)
@@ -207,12 +223,19 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    # Progress lines on a terminal's stderr (a full run takes 4-16 minutes); never with --json.
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if not args.json and sys.stderr.isatty() else _quiet
     profiles = {}
     for profile in args.profile:
+        say(f"profile {profile}: building the repository (cached when up to date) ...")
         repository = ensure_repository(profile)
-        profiles[profile] = {"repository": repository, "raw": raw_bench.measure(repository, blobs),
-                             "served": measure_served(repository, blobs, shared_memory=shared_memory)}
-    baseline = measure_baseline(blobs)
+        say(f"profile {profile}: raw pipeline in-process ...")
+        raw = raw_bench.measure(repository, blobs)
+        say(f"profile {profile}: served ensemble, concurrency {', '.join(map(str, CONCURRENCY))} ...")
+        profiles[profile] = {"repository": repository, "raw": raw,
+                             "served": measure_served(repository, blobs, shared_memory=shared_memory, say=say)}
+    say(f"Flask baseline, concurrency {', '.join(map(str, BASELINE_CONCURRENCY))} ...")
+    baseline = measure_baseline(blobs, say=say)
     for measured in profiles.values():
         measured["summary"] = summarise(measured["raw"], measured["served"], baseline)
     headline = profiles.get("cpu", next(iter(profiles.values())))

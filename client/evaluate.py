@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from cxr.labels import LABELS, label_index
 from cxr.lungmask import read_mask
@@ -30,15 +31,18 @@ from training.metrics import (bootstrap_intervals, calibration_bins, classificat
                               segmentation_report)
 
 
-def _predict(records: list[Record], url: str | None, repository, batch_size: int, onnx_files) -> tuple[list, list, list, list]:
+def _predict(records: list[Record], url: str | None, repository, batch_size: int, onnx_files,
+             progress: bool = False) -> tuple[list, list, list, list]:
     """Probabilities (NaN where refused), post-processed masks, errors and the safety gate's decision
     (``accept`` / ``flag`` / ``refuse``, ``error`` for any other refusal), in ``records`` order."""
     probs, masks, errors, decisions = [], [], [], []
+    bar = tqdm(total=len(records), desc="evaluate", unit="img", leave=False, disable=not progress)
     if url:
         from client.grpc_client import TriageClient
 
         client = TriageClient(url, outputs=("probabilities", "lung_mask", "triage"))
-        for out in client.triage_many([(str(r.image), r.image.read_bytes()) for r in records], concurrency=8):
+        for out in client.triage_many(((str(r.image), r.image) for r in records), concurrency=8):
+            bar.update()
             if out.error:
                 errors.append({"file": out.name, "error": out.error})
                 probs.append(np.full(len(LABELS), np.nan))
@@ -54,6 +58,7 @@ def _predict(records: list[Record], url: str | None, repository, batch_size: int
         pipeline = LocalPipeline(repository, onnx_files=onnx_files)
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
+            bar.update(len(chunk))
             for record, res in zip(chunk, pipeline.run_batch([r.image.read_bytes() for r in chunk])):
                 if res.refused:  # as the served ensemble would answer this request
                     errors.append({"file": str(record.image), "error": f"bad image: {res.refused}"})
@@ -64,6 +69,7 @@ def _predict(records: list[Record], url: str | None, repository, batch_size: int
                 probs.append(res.probabilities)
                 masks.append(res.lung_mask)
                 decisions.append(gate_decision(res.triage))
+    bar.close()
     return probs, masks, errors, decisions
 
 
@@ -87,13 +93,14 @@ def scored(y_true: Sequence[int], probs: np.ndarray, patients: Sequence[str], re
 
 def evaluate(manifest: str | Path | Sequence[str | Path], split: str | None = "test", url: str | None = None,
              repository: str | Path = "build/model_repository", batch_size: int = 8,
-             onnx_files: dict[str, str | Path] | None = None, resamples: int = 1000) -> dict:
+             onnx_files: dict[str, str | Path] | None = None, resamples: int = 1000, progress: bool = False) -> dict:
     """Evaluate via ``url`` (served ensemble over gRPC) or, if ``url`` is None, via the ONNX files the
     repository serves (``model.int8.onnx`` in a ``cpu-int8`` repository), or ``onnx_files`` in their place
-    (``{role: path}``: a candidate version, for the release gates). ``manifest``: one path or several."""
+    (``{role: path}``: a candidate version, for the release gates). ``manifest``: one path or several.
+    ``progress``: a progress bar on stderr."""
     manifests = [Path(manifest)] if isinstance(manifest, (str, Path)) else [Path(m) for m in manifest]
     records = read_split(manifests, split)
-    probs, masks, errors, decisions = _predict(records, url, repository, batch_size, onnx_files)
+    probs, masks, errors, decisions = _predict(records, url, repository, batch_size, onnx_files, progress)
     ok = [i for i, p in enumerate(probs) if not np.isnan(p).any()]
     seg_pairs = [(masks[i], read_mask(records[i].mask, LUNG_SEGMENTATION.input_size)) for i in ok if records[i].mask]
     y = np.array([label_index(records[i].label) for i in ok])
@@ -133,7 +140,7 @@ def print_classification(name: str, cls: dict) -> None:
 
 
 def run(manifest: str | Sequence[str], split: str | None, url: str | None, repository: str, as_json: bool) -> int:
-    report = evaluate(manifest, split, url, repository)
+    report = evaluate(manifest, split, url, repository, progress=not as_json and sys.stderr.isatty())
     if as_json:
         print(json.dumps(report))
         return 0

@@ -10,8 +10,11 @@ import re
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -29,6 +32,11 @@ MAX_MESSAGE_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, p
 TRANSIENT = ("UNAVAILABLE", "failed to connect", "Socket closed", "Connection refused", "Connection reset",
              "is not healthy", "is not ready", "Request for unknown model")
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
+
+def read_file(path: Path) -> bytes:
+    """One input file's bytes (the one place the client reads them: tests count reads here)."""
+    return path.read_bytes()
 
 
 def is_transient(error: str) -> bool:
@@ -192,10 +200,36 @@ class TriageClient:
         latency = (time.perf_counter() - start) * 1e3
         return _parse(name, result, self.outputs, latency, request_id)
 
-    def triage_many(self, items: Iterable[tuple[str, bytes]], concurrency: int = 8) -> Iterator[TriageOutput]:
-        """Triage ``(name, bytes)`` pairs with ``concurrency`` requests in flight; yields in input order."""
+    def triage_many(self, items: Iterable[tuple[str, bytes | Path]], concurrency: int = 8, window: int | None = None,
+                    ordered: bool = True) -> Iterator[TriageOutput]:
+        """Triage ``(name, bytes or file path)`` pairs with ``concurrency`` requests in flight.
+
+        ``items`` is consumed lazily: at most ``window`` (default ``2 * concurrency``) images are read and not
+        yet yielded at any time, so a folder of thousands of files streams in bounded memory. A path is read in
+        the worker thread; one that cannot be read comes back as that item's ``error``. Results come in input
+        order (``ordered``) or as they complete.
+        """
+        window = max(window or 2 * concurrency, concurrency)
+        items = iter(items)
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            yield from pool.map(lambda item: self.triage(item[1], item[0]), items)
+            pending: deque[Future] = deque(pool.submit(self._triage_item, *item) for item in islice(items, window))
+            while pending:
+                if ordered:
+                    done = pending.popleft()
+                else:
+                    done = next(iter(wait(pending, return_when=FIRST_COMPLETED).done))
+                    pending.remove(done)
+                yield done.result()
+                for item in islice(items, 1):
+                    pending.append(pool.submit(self._triage_item, *item))
+
+    def _triage_item(self, name: str, data: bytes | Path) -> TriageOutput:
+        if isinstance(data, Path):
+            try:
+                data = read_file(data)
+            except OSError as exc:
+                return TriageOutput(name, error=f"cannot read file: {exc.strerror or exc}")
+        return self.triage(data, name)
 
     def close(self) -> None:
         if self.shm is not None:

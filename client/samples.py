@@ -1,38 +1,36 @@
-"""Write the demo's sample images from the shared data set (not committed: the data stays in ../shared).
+"""Write the demo's sample inputs from the images bundled in ``samples/`` (no data set needed).
 
     python -m client.samples --out build/samples
 
-Picks test-split images under CC BY licences, one DICOM (CR, 12-bit) made from one of them, and one
-truncated JPEG to show how a rejected input looks.
+Copies the bundled test-split CXRs (CC BY; sources and licences in ``samples/ATTRIBUTION.md``) and adds one
+DICOM (CR, 12-bit) made from the first of them and one truncated JPEG, to show how a rejected input looks.
 """
 from __future__ import annotations
 
 import argparse
-import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from client.dicom_files import make_dicom
-from training.data.manifest import DEFAULT_MANIFEST
 
-PER_LABEL = 2
+BUNDLED = Path(__file__).resolve().parents[1] / "samples"
 
 
-def write_samples(out: str | Path, manifest: str | Path = DEFAULT_MANIFEST) -> list[Path]:
-    out, manifest = Path(out), Path(manifest)
+def write_samples(out: str | Path, source: str | Path = BUNDLED) -> list[Path]:
+    """Copy the sample JPEGs from ``source`` into ``out``, add a DICOM and a truncated file; return the paths.
+
+    Raises:
+        FileNotFoundError: ``source`` holds no ``*.jpg`` (the repository's ``samples/`` folder is missing).
+    """
+    out, source = Path(out), Path(source)
+    images = sorted(source.glob("*.jpg"))
+    if not images:
+        raise FileNotFoundError(f"no sample images (*.jpg) in {source}")
     out.mkdir(parents=True, exist_ok=True)
-    with manifest.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["license"].startswith("CC BY ") and "N" not in r["license"]]
-    written, count = [], {}
-    for row in rows:
-        if count.get(row["label"], 0) >= PER_LABEL:
-            continue
-        count[row["label"]] = count.get(row["label"], 0) + 1
-        dst = out / f"{row['label']}_{Path(row['file']).name}"
-        dst.write_bytes((manifest.parent / row["file"]).read_bytes())
-        written.append(dst)
+    written = [Path(shutil.copyfile(image, out / image.name)) for image in images]
     first = written[0]
     pixels = np.asarray(Image.open(first).convert("L"), dtype=np.float32)
     dicom = out / f"{first.stem}_CR.dcm"
@@ -45,9 +43,9 @@ def write_samples(out: str | Path, manifest: str | Path = DEFAULT_MANIFEST) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="build/samples")
-    parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
+    parser.add_argument("--source", default=str(BUNDLED), help="folder of sample JPEGs (default: the bundled ones)")
     args = parser.parse_args()
-    for path in write_samples(args.out, args.manifest):
+    for path in write_samples(args.out, args.source):
         print(path)
 
 

@@ -15,38 +15,33 @@ PASSTHROUGH = {"bench": "benchmarks.run", "flops": "benchmarks.flops", "report":
                "models": "export.release", "thresholds": "client.thresholds"}
 
 
-def _admin_key(path: str) -> str:
-    """The admin key in ``path``, created (random, mode 600) if the file does not exist."""
-    import os
-    import secrets
-    from pathlib import Path
-
-    file = Path(path)
-    if not file.exists():
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(16) + "\n")
-    return file.read_text().strip()
-
-
 def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cxr.server import TLSConfig, TritonServer
+    from cxr.admin_key import ensure_key, key_file_for
+    from cxr.server import ServerError, TLSConfig, TritonServer
 
     tls = None
     if args.grpc_cert or args.grpc_key:
         tls = TLSConfig(Path(args.grpc_cert), Path(args.grpc_key), Path(args.grpc_root_cert) if args.grpc_root_cert else None,
                         mutual=args.grpc_mutual)
-    key = None if args.no_restrict else _admin_key(args.admin_key_file)
-    server = TritonServer(args.model_repository, args.grpc_port, args.http_port, args.metrics_port, args.log_file,
-                          admin_key=key, tls=tls)
+    key_file = Path(args.admin_key_file) if args.admin_key_file else key_file_for(args.model_repository)
+    key = None if args.no_restrict else ensure_key(key_file)
+    try:
+        server = TritonServer(args.model_repository, args.grpc_port, args.http_port, args.metrics_port, args.log_file,
+                              admin_key=key, tls=tls)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     _check_int8_host(Path(args.model_repository))
     print(f"starting Triton on {args.model_repository} (log: {server.log_path}) ...", flush=True)
     if key:
-        print(f"model-repository/shared-memory/logging/trace APIs need header cxr-admin-key (key in {args.admin_key_file})")
-    server.start(timeout_s=args.timeout)
+        print(f"model-repository/shared-memory/logging/trace APIs need header cxr-admin-key (key in {key_file})")
+    try:
+        server.start(timeout_s=args.timeout)
+    except ServerError as exc:
+        print(f"error: {str(exc).splitlines()[0]} (server log: {server.log_path})", file=sys.stderr)
+        return 2
     print(f"ready: gRPC :{args.grpc_port}  HTTP :{args.http_port}  metrics :{args.metrics_port}  (Ctrl-C stops)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
@@ -124,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--log-file", help="server log (default: a temp file)")
     serve.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
-    serve.add_argument("--admin-key-file", default="build/admin.key",
-                       help="key for the restricted APIs (created, mode 600, if missing)")
+    serve.add_argument("--admin-key-file", help="key for the restricted APIs (created, mode 600, if missing; "
+                                                "default: admin.key beside the model repository)")
     serve.add_argument("--no-restrict", action="store_true", help="leave the admin APIs open (not recommended)")
     serve.add_argument("--grpc-cert", help="PEM server certificate: serve gRPC over TLS")
     serve.add_argument("--grpc-key", help="PEM server key")

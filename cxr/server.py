@@ -207,6 +207,7 @@ class TritonServer:
         return flags + (self.tls.flags() if self.tls else [])
 
     def start(self, timeout_s: float = 180.0) -> "TritonServer":
+        self._check_ports_free()
         remove_orphaned_shm()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
@@ -214,6 +215,17 @@ class TritonServer:
         if self.watchdog is not None:
             self.watchdog.start()
         return self
+
+    def _check_ports_free(self) -> None:
+        """Refuse to start on a port something else holds: readiness would otherwise be read from that server."""
+        for what, port in (("grpc", self.grpc_port), ("http", self.http_port), ("metrics", self.metrics_port)):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a just-closed server's TIME_WAIT is fine
+                try:
+                    probe.bind(("0.0.0.0", port))
+                except OSError:
+                    raise ServerError(f"{what} port {port} is already in use (another Triton?); choose another with "
+                                      f"--{what}-port") from None
 
     @property
     def admin(self) -> "TritonAdmin":

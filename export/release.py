@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    from cxr.admin_key import AdminKeyError, find_key
     from cxr.server import TritonAdmin
 
     parser = argparse.ArgumentParser(prog="cxr models", description=__doc__,
@@ -390,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("version", type=int, help="cxr_classifier version (see cxr models status)")
             cmd.add_argument("--fraction", type=float, default=0.1, help="share of studies (0 stops shadowing)")
         cmd.add_argument("--url", default="localhost:8000", help="Triton HTTP HOST:PORT")
-        cmd.add_argument("--admin-key-file", default="build/admin.key", help="the key `cxr serve` wrote")
+        cmd.add_argument("--admin-key-file", help="the key `cxr serve` wrote (default: $CXR_ADMIN_KEY, else "
+                                                  "admin.key beside --repository)")
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
@@ -412,15 +414,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "thresholds":
             print(f"release {publish_thresholds(args.repository, args.file)} published (cxr models promote)")
         else:
-            key_file = Path(args.admin_key_file)
-            admin = TritonAdmin(args.url, key_file.read_text().strip() if key_file.exists() else None)
+            admin = TritonAdmin(args.url, find_key(args.repository, args.admin_key_file))
             rollout = Rollout(args.repository, admin)
             if args.command == "shadow":
                 result = rollout.shadow(args.version, args.fraction)
             else:
                 result = rollout.promote(args.release) if args.command == "promote" else rollout.rollback()
             print(json.dumps(result))
-    except (ReleaseError, ValueError, OSError) as exc:
+    except (ReleaseError, AdminKeyError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

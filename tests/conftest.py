@@ -19,7 +19,8 @@ REPOSITORY = Path(__import__("os").environ.get("CXR_REPOSITORY", REPO / "build" 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA / "manifest.csv").exists():
-        pytest.fail(f"shared data set not found at {DATA} (set CXR_DATA)")
+        pytest.fail(f"this test needs the CXR data set: no manifest.csv in {DATA} (the team's copy is ../shared/data/cxr "
+                    "beside the checkout; elsewhere set CXR_DATA to a folder holding manifest.csv)", pytrace=False)
     return DATA
 
 

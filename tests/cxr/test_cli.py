@@ -3,16 +3,68 @@ from __future__ import annotations
 
 import stat
 
-from cxr.cli import _admin_key, build_parser
+import pytest
+
+from cxr.admin_key import ENV, AdminKeyError, ensure_key, find_key, key_file_for
+from cxr.cli import build_parser
 
 
 def test_admin_key_file_is_created_private_and_then_reused(tmp_path):
     path = tmp_path / "sub" / "admin.key"
-    key = _admin_key(str(path))
+    key = ensure_key(path)
     assert len(key) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert _admin_key(str(path)) == key
+    assert ensure_key(path) == key
 
 
 def test_serve_restricts_admin_apis_by_default():
     args = build_parser().parse_args(["serve"])
-    assert args.no_restrict is False and args.admin_key_file == "build/admin.key"
+    assert args.no_restrict is False and args.admin_key_file is None  # then: admin.key beside the repository
+
+
+def test_admin_key_is_found_beside_the_repository_from_any_folder(tmp_path, monkeypatch):
+    repository = tmp_path / "build" / "model_repository"
+    written = ensure_key(key_file_for(repository))  # where `cxr serve --model-repository` writes it
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.chdir(tmp_path / "build")
+    assert key_file_for("model_repository") == tmp_path / "build" / "admin.key"
+    assert find_key(repository) == written
+    monkeypatch.setenv(ENV, "from-env")
+    assert find_key(repository) == "from-env"
+    other = tmp_path / "other.key"
+    other.write_text("from-flag\n")
+    assert find_key(repository, other) == "from-flag"
+
+
+def test_a_missing_admin_key_is_an_error_naming_where_it_looked(tmp_path, monkeypatch, capsys):
+    from export.release import main as models
+
+    monkeypatch.delenv(ENV, raising=False)
+    repository = tmp_path / "model_repository"
+    with pytest.raises(AdminKeyError, match=f"{ENV} is not set and {tmp_path / 'admin.key'} does not exist"):
+        find_key(repository)
+    with pytest.raises(AdminKeyError, match="nope.key does not exist"):
+        find_key(repository, tmp_path / "nope.key")
+    assert models(["--repository", str(repository), "rollback", "--url", "localhost:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no admin key:")
+
+
+def test_serve_on_a_taken_port_says_which_in_one_line(tmp_path, capsys):
+    import socket
+
+    from cxr.cli import main
+    from cxr.server import free_port
+
+    (tmp_path / "repo" / "m").mkdir(parents=True)
+    (tmp_path / "repo" / "m" / "config.pbtxt").write_text('name: "m"\n')
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code = main(["serve", "--model-repository", str(tmp_path / "repo"), "--no-restrict", "--grpc-port", str(port),
+                     "--http-port", str(free_port()), "--metrics-port", str(free_port())])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: grpc port {port} is already in use") and "--grpc-port" in err[0]
+    assert main(["serve", "--model-repository", str(tmp_path), "--no-restrict"]) == 2
+    assert "is not a model repository" in capsys.readouterr().err

@@ -8,7 +8,8 @@ def test_shared_manifests_read_together_without_a_patient_in_two_splits(data_dir
     from training.data.manifest import KERMANY224_MANIFEST, read_manifests
 
     if not KERMANY224_MANIFEST.exists():
-        pytest.fail(f"kermany224 data set not found at {KERMANY224_MANIFEST}")
+        pytest.fail(f"this test needs the kermany224 data set: no {KERMANY224_MANIFEST} (it sits beside the CXR data "
+                    "set: ../shared/data/kermany224, or CXR_DATA/../kermany224)", pytrace=False)
     records = read_manifests([data_dir / "manifest.csv", KERMANY224_MANIFEST])  # raises on a leak
     assert {r.cohort for r in records} == {"cohen", "kermany", "kermany224"}
     assert not any(r.mask for r in records if r.cohort == "kermany224")
