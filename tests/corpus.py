@@ -289,6 +289,13 @@ CASES: list[Case] = [
     # body part and view position are optional (type 2/3): absent or empty, the pixels decide
     _dicom("dicom-no-body-part-or-view", _edited(_set(BodyPartExamined=None, ViewPosition=None)), same_picture=True),
     _dicom("dicom-empty-view", _edited(_set(ViewPosition="")), same_picture=True),
+    # real modalities leave out type-2 attributes (required, may be empty): a result all the same
+    _dicom("dicom-no-study-type2", _edited(_set(StudyDate=None, StudyTime=None, AccessionNumber=None, StudyID=None,
+                                                ReferringPhysicianName=None)), same_picture=True),
+    _dicom("dicom-no-patient-type2", _edited(_set(PatientName=None, PatientID=None, PatientBirthDate=None,
+                                                  PatientSex=None)), same_picture=True),
+    _dicom("dicom-odd-type2-values", _edited(_set(PatientSex="Unknown", StudyDate="2026-12-01", StudyTime="25:99")),
+           same_picture=True),
     _dicom("dicom-multiframe", lambda s: make_dicom(s.gray.astype(np.float32), frames=3), "multi-frame"),
     _dicom("dicom-no-pixel-data", _edited(_set(PixelData=None)), "no pixel data"),
     _dicom("dicom-claims-20000px", _edited(_set(Rows=20000, Columns=20000)), "too large"),

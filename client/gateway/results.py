@@ -1,8 +1,11 @@
-"""The result package sent back to the PACS for one triaged image: Enhanced SR, DICOM SEG, Secondary Capture.
+"""The result package sent back to the PACS for one triaged image: TID 1500 SR, DICOM SEG, Secondary Capture.
 
-- **Enhanced SR**: finding (SNOMED CT), per-class probabilities, triage priority and reasons, model names and
-  versions, thresholds version and request id, referencing the source image. When inference failed, an SR
-  that says "AI result unavailable" and why: silence must never look like "no finding".
+- **SR** (Comprehensive 3D SR, TID 1500 Measurement Report with TID 4019 algorithm identification, as the IHE
+  AI Results profile asks): top finding (SNOMED CT) with the CAD processing summary, triage priority and reasons;
+  one group per trained label with its probability (DCM "Probability"); the lungs as a segment of the SEG with
+  the lung fraction; the model versions, thresholds release and request id as the algorithm's parameters. When
+  inference failed, a report whose summary says "no algorithms succeeded" and "AI result unavailable" and why:
+  silence must never look like "no finding". :func:`read_sr` reads one back through highdicom.
 - **SEG**: the lung mask mapped back from the network's letterboxed frame onto the source pixel grid.
 - **Secondary Capture**: the image with the class-activation heatmap and lung outline burnt in, for viewers
   that show neither SR nor SEG.
@@ -12,6 +15,7 @@ copied consistently and the objects validate.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 
@@ -21,7 +25,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, TM
 
+from cxr import __version__
 from cxr.labels import LABELS
 from cxr.preprocess import letterbox_geometry
 
@@ -37,19 +43,22 @@ FINDING_CODES = {
     "covid": hd.sr.CodedConcept("840539006", "SCT", "COVID-19"),
     "tb": hd.sr.CodedConcept("56717001", "SCT", "Tuberculosis"),
 }
-# Concepts without a standard code use this project's private scheme.
+# Concepts without a standard code use this project's private scheme (declared in each SR's Coding Scheme
+# Identification Sequence); everything else is DCM or SNOMED CT.
 _SCHEME = "99CXRTRIAGE"
 CONCEPTS = {
-    "report": hd.sr.CodedConcept("CXR-1", _SCHEME, "Chest X-ray AI triage"),
     "status": hd.sr.CodedConcept("CXR-2", _SCHEME, "AI result status"),
-    "priority": hd.sr.CodedConcept("CXR-3", _SCHEME, "Triage priority"),
-    "probability": hd.sr.CodedConcept("CXR-4", _SCHEME, "Class probability"),
     "reason": hd.sr.CodedConcept("CXR-5", _SCHEME, "Triage reason"),
-    "model": hd.sr.CodedConcept("CXR-6", _SCHEME, "Model version"),
-    "thresholds": hd.sr.CodedConcept("CXR-7", _SCHEME, "Thresholds version"),
-    "request": hd.sr.CodedConcept("CXR-8", _SCHEME, "Request identifier"),
     "lung_fraction": hd.sr.CodedConcept("CXR-9", _SCHEME, "Lung fraction of image"),
 }
+# Triage priority values (SNOMED CT has no worklist-priority value set that matches urgent/expedited/routine).
+PRIORITY_CODES = {
+    "urgent": hd.sr.CodedConcept("CXR-P1", _SCHEME, "Urgent"),
+    "expedited": hd.sr.CodedConcept("CXR-P2", _SCHEME, "Expedited"),
+    "routine": hd.sr.CodedConcept("CXR-P3", _SCHEME, "Routine"),
+}
+PROCEDURE = codes.SCT.ChestImaging  # 413815006 "Chest imaging (procedure)"
+UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
 UNAVAILABLE = "AI result unavailable"
 
 
@@ -75,10 +84,6 @@ class Triaged:
                    model_versions=out.triage.get("model_versions", {}))
 
 
-def _text(concept: str, value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(CONCEPTS[concept], value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-
-
 def result_uids(source_uid: str, kind: str) -> tuple[str, str]:
     """``(series, instance)`` UIDs of a result object, derived from the source instance.
 
@@ -94,49 +99,79 @@ def _series(source: Dataset, kind: str) -> dict:
             "sop_instance_uid": instance_uid, "instance_number": 1, "manufacturer": MANUFACTURER}
 
 
-def build_sr(source: Dataset, result: Triaged | None, error: str | None = None, request_id: str = "") -> hd.sr.EnhancedSR:
-    """The Enhanced SR for ``source``: the triage result, or ``AI result unavailable`` with ``error``."""
-    items = []
-    image = hd.sr.ImageContentItem(
-        hd.sr.CodedConcept("121112", "DCM", "Source of Measurement"),
-        referenced_sop_class_uid=source.SOPClassUID,
-        referenced_sop_instance_uid=source.SOPInstanceUID,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )
-    items.append(image)
+def _algorithm(model_versions: dict[str, str], thresholds: str, request_id: str) -> hd.sr.AlgorithmIdentification:
+    """TID 4019: this software, with the model versions, thresholds release and request id as its parameters."""
+    parameters = [f"{role} version {version}" for role, version in sorted(model_versions.items())]
+    parameters += [f"thresholds {thresholds or '-'}", f"request {request_id or '-'}"]
+    return hd.sr.AlgorithmIdentification(name=MANUFACTURER, version=__version__, parameters=parameters,
+                                         family=codes.DCM.ArtificialIntelligence, manufacturer=MANUFACTURER)
+
+
+def _texts(group: Dataset, concept: str, values: list[str]) -> None:
+    """Append TEXT rows (TID 1501 is extensible) for what no coded row holds: the triage reasons, a failure."""
+    group.ContentSequence.extend(hd.sr.TextContentItem(CONCEPTS[concept], value[:1024],
+                                                       relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+                                 for value in values)
+
+
+def build_sr(source: Dataset, result: Triaged | None, error: str | None = None, request_id: str = "",
+             seg: Dataset | None = None) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 Measurement Report for ``source`` (Comprehensive 3D SR, as IHE AI Results asks).
+
+    A result: one measurement group whose finding (SNOMED CT) is the top finding, with the CAD summary, the
+    triage priority and the triage reasons (text); one group per trained label with its probability (DCM "Probability"); one ROI
+    group on the lungs that references the SEG's segment (``seg``) and gives the lung fraction. Every group names the
+    algorithm (TID 4019). Failed: one group, "no algorithms succeeded", ``AI result unavailable: <why>``.
+    """
+    sources = [hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)]
+    uid = str(source.SOPInstanceUID)
+    track = lambda name: hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[uid, name]), identifier=name)  # noqa: E731
     if result is None:
-        items.append(_text("status", f"{UNAVAILABLE}: {error or 'unknown error'}"))
-        items.append(_text("request", request_id or "-"))
-        title = UNAVAILABLE
+        algorithm = _algorithm({}, "", request_id)
+        summary = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=track("AI triage"), algorithm_id=algorithm, source_images=sources,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.CADProcessingAndFindingsSummary,
+                                                                 codes.DCM.NoAlgorithmsSucceededWithoutFindings)])
+        _texts(summary[0], "status", [f"{UNAVAILABLE}: {error or 'unknown error'}"])
+        groups, title = [summary], UNAVAILABLE
     else:
-        items.append(_text("status", "completed"))
-        items.append(hd.sr.CodeContentItem(codes.DCM.Finding, FINDING_CODES[result.label],
-                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
-        items.append(_text("priority", result.triage["priority"]))
-        for reason in result.triage.get("reasons", []):
-            items.append(_text("reason", reason))
+        algorithm = _algorithm(result.model_versions, str(result.triage.get("thresholds_version", "")), result.request_id)
+        outcome = (codes.DCM.AllAlgorithmsSucceededWithoutFindings if result.label == "normal"
+                   else codes.DCM.AllAlgorithmsSucceededWithFindings)
+        summary = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=track("AI triage"), finding_type=FINDING_CODES[result.label], algorithm_id=algorithm,
+            source_images=sources,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(codes.DCM.CADProcessingAndFindingsSummary, outcome),
+                hd.sr.QualitativeEvaluation(codes.SCT.Priority, PRIORITY_CODES[result.triage["priority"]]),
+            ])
+        _texts(summary[0], "reason", list(result.triage.get("reasons", [])))
+        groups = [summary]
         for label, p in result.probabilities.items():
             if p is None:  # untrained label (cxr.labels.UNTRAINED): not reported
                 continue
-            num = hd.sr.NumContentItem(CONCEPTS["probability"], float(p), hd.sr.CodedConcept("1", "UCUM", "no units"),
-                                       relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-            num.ContentSequence = [hd.sr.CodeContentItem(codes.DCM.Finding, FINDING_CODES[label],
-                                                         relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)]
-            items.append(num)
-        items.append(hd.sr.NumContentItem(CONCEPTS["lung_fraction"], float(result.lung_fraction),
-                                          hd.sr.CodedConcept("1", "UCUM", "no units"),
-                                          relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
-        for role, version in sorted(result.model_versions.items()):
-            items.append(_text("model", f"{role}: {version}"))
-        items.append(_text("thresholds", str(result.triage.get("thresholds_version", ""))))
-        items.append(_text("request", result.request_id))
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=track(f"probability {label}"), finding_type=FINDING_CODES[label],
+                algorithm_id=algorithm, source_images=sources,
+                measurements=[hd.sr.Measurement(codes.DCM.Probability, float(p), UNITLESS)]))
+        if seg is not None:
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(  # TID 1411: "ROI = a segment"
+                tracking_identifier=track("lungs"), finding_type=codes.SCT.Lung, algorithm_id=algorithm,
+                referenced_segment=hd.sr.ReferencedSegment(
+                    seg.SOPClassUID, seg.SOPInstanceUID, segment_number=1,
+                    source_images=[hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID)]),
+                measurements=[hd.sr.Measurement(CONCEPTS["lung_fraction"], float(result.lung_fraction), UNITLESS)]))
         title = f"{result.triage['priority']}: {result.label}"
-    root = hd.sr.ContainerContentItem(CONCEPTS["report"], template_id=None)
-    root.ContentSequence = items
+    observer = hd.sr.ObserverContext(codes.cid270.Device, hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=[MANUFACTURER]), name=MANUFACTURER, manufacturer_name=MANUFACTURER,
+        model_name=SOFTWARE))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=PROCEDURE, imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)
     series = _series(source, "sr" if result is not None else "sr-unavailable")
-    return hd.sr.EnhancedSR(
-        evidence=[source],
-        content=root,
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source, *([seg] if seg is not None else [])],
+        content=report[0],
         series_description=f"AI triage: {title}"[:64],
         manufacturer=series.pop("manufacturer"),
         is_complete=True,
@@ -144,6 +179,42 @@ def build_sr(source: Dataset, result: Triaged | None, error: str | None = None, 
         is_verified=False,
         **series,
     )
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator, scheme.CodingSchemeName = _SCHEME, "cxr-triage private codes"
+    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    sr.CodingSchemeIdentificationSequence = [*sr.get("CodingSchemeIdentificationSequence", []), scheme]
+    return sr
+
+
+def read_sr(ds: Dataset) -> dict:
+    """One of these SRs read back through highdicom's TID 1500 classes (what a viewer or worklist would parse):
+    ``image`` (the source instance), ``status`` (``completed`` / ``unavailable``), ``finding``, ``priority``, ``probabilities``, ``reasons``,
+    ``lung_fraction``, ``segmentation`` (referenced SEG instance), ``algorithm`` (name, version, parameters)."""
+    report = hd.sr.Comprehensive3DSR.from_dataset(ds).content
+    groups = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
+    summary = groups["AI triage"]
+    coded = {q.name.value: q.value for q in summary.get_qualitative_evaluations()}
+    texts = [(i.ConceptNameCodeSequence[0].CodeValue, i.TextValue) for i in summary[0].ContentSequence
+             if i.ValueType == "TEXT"]  # TID 4019 rows sit beside ours: Algorithm Name/Version/Parameters
+    by_code = lambda code: [t for c, t in texts if c == code]  # noqa: E731
+    labels = {c.value: label for label, c in FINDING_CODES.items()}
+    failed = coded[codes.DCM.CADProcessingAndFindingsSummary.value] == codes.DCM.NoAlgorithmsSucceededWithoutFindings
+    lungs = report.get_volumetric_roi_measurement_groups()
+    images = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in summary[0].ContentSequence if i.ValueType == "IMAGE"]
+    return {
+        "image": str(images[0]),
+        "status": "unavailable" if failed else "completed",
+        "error": next(iter(by_code(CONCEPTS["status"].value)), None),
+        "finding": None if failed else labels[summary.finding_type.value],
+        "priority": None if failed else next(k for k, c in PRIORITY_CODES.items() if c == coded[codes.SCT.Priority.value]),
+        "reasons": by_code(CONCEPTS["reason"].value),
+        "probabilities": {labels[g.finding_type.value]: g.get_measurements()[0].value
+                          for name, g in groups.items() if name.startswith("probability ")},
+        "lung_fraction": lungs[0].get_measurements()[0].value if lungs else None,
+        "segmentation": str(lungs[0].referenced_segment[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) if lungs else None,
+        "algorithm": {"name": by_code(codes.DCM.AlgorithmName.value)[0], "version": by_code(codes.DCM.AlgorithmVersion.value)[0],
+                      "parameters": by_code(codes.DCM.AlgorithmParameters.value)},
+    }
 
 
 def to_source_frame(mask: np.ndarray, rows: int, columns: int, nearest: bool = True) -> np.ndarray:
@@ -168,7 +239,7 @@ def build_seg(source: Dataset, result: Triaged) -> hd.seg.Segmentation:
             family=codes.DCM.ArtificialIntelligence),
     )
     series = _series(source, "seg")
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=mask[None],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -179,6 +250,8 @@ def build_seg(source: Dataset, result: Triaged) -> hd.seg.Segmentation:
         device_serial_number="0",
         **series,
     )
+    seg.PatientOrientation = source.get("PatientOrientation", "")  # General Image, type 2C (highdicom leaves it out)
+    return seg
 
 
 def overlay(gray: np.ndarray, result: Triaged) -> np.ndarray:
@@ -206,7 +279,7 @@ def overlay(gray: np.ndarray, result: Triaged) -> np.ndarray:
 def build_sc(source: Dataset, gray: np.ndarray, result: Triaged) -> hd.sc.SCImage:
     """Secondary Capture of :func:`overlay`, in the source's study."""
     series = _series(source, "sc")
-    return hd.sc.SCImage.from_ref_dataset(
+    sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=overlay(gray, result),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
@@ -216,14 +289,53 @@ def build_sc(source: Dataset, gray: np.ndarray, result: Triaged) -> hd.sc.SCImag
         patient_orientation=("L", "F"),
         **series,
     )
+    sc.BodyPartExamined = source.get("BodyPartExamined") or "CHEST"  # an unpaired part: Laterality (2C) not needed
+    return sc
+
+
+# Type-2 attributes of the Patient and General Study modules: required in every result object, but "required,
+# may be empty", so real modalities often leave them out. highdicom copies them from the source.
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _conforms(keyword: str, value) -> bool:
+    """Whether highdicom can copy ``value`` (modalities send e.g. PatientSex ``Unknown`` or ``1990-01-01`` dates)."""
+    if value is None or str(value) == "":
+        return True
+    try:
+        if keyword == "PatientSex":
+            return str(value) in ("M", "F", "O")
+        if keyword in ("StudyDate", "PatientBirthDate"):
+            DA(str(value))
+        elif keyword == "StudyTime":
+            TM(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def with_type2(source: Dataset) -> Dataset:
+    """``source``, or a copy of it in which each :data:`TYPE2_COPIED` attribute that is absent, or whose value
+    does not conform to its VR, is present and empty (the result objects copy them; empty is allowed)."""
+    blank = [k for k in TYPE2_COPIED if k not in source or not _conforms(k, source[k].value)]
+    if not blank:
+        return source
+    completed = copy.deepcopy(source)
+    for keyword in blank:
+        setattr(completed, keyword, None)  # pydicom: an empty value of the keyword's VR
+    return completed
 
 
 def package(source: Dataset, gray: np.ndarray | None, result: Triaged | None, error: str | None = None,
             request_id: str = "") -> list[Dataset]:
-    """Everything sent back for one image: SR + SEG + SC, or only the "unavailable" SR."""
+    """Everything sent back for one image: SR + SEG + SC, or only the "unavailable" SR (absent type-2
+    attributes are copied as empty)."""
+    source = with_type2(source)
     if result is None:
         return [build_sr(source, None, error, request_id)]
-    return [build_sr(source, result), build_seg(source, result), build_sc(source, gray, result)]
+    seg = build_seg(source, result)
+    return [build_sr(source, result, seg=seg), seg, build_sc(source, gray, result)]
 
 
 def summary(datasets: list[Dataset]) -> str:

@@ -199,7 +199,12 @@ class Gateway:
             from cxr.pixels import decode_image
 
             gray = decode_image(data).pixels
-        objects = package(ds, gray, result, error, request_id)
+        try:
+            objects = package(ds, gray, result, error, request_id)
+        except (AttributeError, ValueError, TypeError) as exc:  # a malformed attribute the result objects copy:
+            # the "unavailable" SR still goes out, naming why, so the study does not silently fall out of triage
+            result, error = None, f"result could not be built from this DICOM: {type(exc).__name__}: {exc}"
+            objects = package(ds, None, None, error, request_id)
         if not self._send(objects, uid):
             self.spool.release(path)
             self._stop.wait(2.0)

@@ -12,9 +12,10 @@ import time
 import highdicom as hd
 import pydicom
 import pytest
-from pydicom.uid import EnhancedSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
 from client.dicom_files import make_dicom
+from client.gateway.results import read_sr
 from client.gateway.service import Gateway, GatewayConfig
 from cxr.pixels import decode_image
 from cxr.server import free_port
@@ -36,15 +37,14 @@ def test_orthanc_sends_a_cr_and_gets_sr_seg_and_sc_back(pacs_and_gateway, test_r
     orthanc.send_to_gateway(orthanc.upload(data))
     orthanc.wait_for(4)
     results = results_by_class(orthanc, {source.SOPInstanceUID})
-    assert sorted(results) == sorted([EnhancedSRStorage, SegmentationStorage, SecondaryCaptureImageStorage])
+    assert sorted(results) == sorted([Comprehensive3DSRStorage, SegmentationStorage, SecondaryCaptureImageStorage])
     assert all(len(v) == 1 for v in results.values())
 
-    sr = results[EnhancedSRStorage][0]
-    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
-    assert evidence.ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert sr.StudyInstanceUID == source.StudyInstanceUID
-    texts = [i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"]
-    assert "completed" in texts and any(t in texts for t in ("urgent", "expedited", "routine"))
+    sr = results[Comprehensive3DSRStorage][0]
+    read = read_sr(sr)
+    assert read["image"] == source.SOPInstanceUID and sr.StudyInstanceUID == source.StudyInstanceUID
+    assert read["status"] == "completed" and read["priority"] in ("urgent", "expedited", "routine")
+    assert read["segmentation"] == results[SegmentationStorage][0].SOPInstanceUID
 
     seg = hd.seg.Segmentation.from_dataset(results[SegmentationStorage][0])
     assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
@@ -85,9 +85,9 @@ def test_non_chest_and_unreadable_studies_get_no_false_result(pacs_and_gateway, 
     wait_until(lambda: gateway.spool.record(broken.SOPInstanceUID) is not None, what="the broken CR to be handled")
     record = gateway.spool.record(broken.SOPInstanceUID)
     assert record["outcome"] == "unavailable" and "bad image" in record["reason"]
-    srs = results_by_class(orthanc, {ct_uid, broken.SOPInstanceUID}).get(EnhancedSRStorage, [])
+    srs = results_by_class(orthanc, {ct_uid, broken.SOPInstanceUID}).get(Comprehensive3DSRStorage, [])
     assert len(srs) == 1
-    assert any(i.TextValue.startswith("AI result unavailable: ") for i in srs[0].ContentSequence if i.ValueType == "TEXT")
+    assert read_sr(srs[0])["error"].startswith("AI result unavailable: ")
 
 
 @pytest.mark.skipif(shutil.which("echoscu") is None, reason="dcmtk not installed")
@@ -148,9 +148,8 @@ def test_killed_mid_batch_then_restarted_every_image_gets_exactly_one_package(tr
             os.killpg(second.pid, signal.SIGTERM)
             second.wait(30)
         results = results_by_class(orthanc, set())
-        srs = results[EnhancedSRStorage]
-        referenced = [s.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-                      .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in srs]
+        srs = results[Comprehensive3DSRStorage]
+        referenced = [read_sr(s)["image"] for s in srs]
         assert sorted(referenced) == sorted(uids)  # exactly one SR per accepted image
         assert len(results[SegmentationStorage]) == len(uids) == len(results[SecondaryCaptureImageStorage])
     finally:
@@ -209,13 +208,12 @@ def test_triton_killed_and_restarted_under_gateway_load_loses_nothing(repository
         sender.join()
         wait_until(lambda: all(gateway.spool.record(u) for u in uids), timeout_s=300, what="every instance handled")
         records = [gateway.spool.record(u) for u in uids]
-        srs = results_by_class(orthanc, set(uids)).get(EnhancedSRStorage, [])
+        srs = results_by_class(orthanc, set(uids)).get(Comprehensive3DSRStorage, [])
     finally:
         gateway.stop()
         server.stop()
         orthanc.stop()
-    referenced = sorted(s.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-                        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in srs)
+    referenced = sorted(read_sr(s)["image"] for s in srs)
     triton_failures = gateway.metrics.registry.get_sample_value("cxr_gateway_failed_total", {"stage": "triton"}) or 0
     write_artifact("fault_triton_restart", {
         "accepted": statuses.count(0), "results": sum(r["outcome"] == "result" for r in records),

@@ -13,8 +13,9 @@ import re
 
 import pydicom
 import pytest
-from pydicom.uid import EnhancedSRStorage
+from pydicom.uid import Comprehensive3DSRStorage
 
+from client.gateway.results import read_sr
 from tests.conftest import write_artifact
 from tests.corpus import CASES
 from tests.gateway.conftest import c_store, results_by_class, wait_until
@@ -50,12 +51,10 @@ def test_every_dicom_case_sent_by_c_store_gets_its_answer(pacs_and_gateway, corp
 
     # the PACS got exactly one SR per answered instance; the unavailable ones say why
     answered = {uids[c.name] for c in cases if not c.gateway_skip}
-    srs = results_by_class(orthanc, set(uids.values())).get(EnhancedSRStorage, [])
-    referenced = [s.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-                  .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in srs]
+    srs = results_by_class(orthanc, set(uids.values())).get(Comprehensive3DSRStorage, [])
+    referenced = [read_sr(s)["image"] for s in srs]
     assert sorted(referenced) == sorted(answered)
-    unavailable = [s for s in srs if any(i.ValueType == "TEXT" and i.TextValue.startswith("AI result unavailable: ")
-                                         for i in s.ContentSequence)]
+    unavailable = [s for s in srs if read_sr(s)["status"] == "unavailable"]
     assert len(unavailable) == sum(1 for c in cases if c.error and not c.gateway_skip)
     assert gateway.spool.depth() == 0
     write_artifact("corpus_gateway_c_store", {"cases": len(cases), "outcomes": table})

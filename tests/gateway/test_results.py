@@ -2,26 +2,20 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 
 import cv2
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import EnhancedSRStorage
+from pydicom.uid import Comprehensive3DSRStorage
 
 from client.dicom_files import make_dicom
-from client.gateway.results import UNAVAILABLE, Triaged, package, to_source_frame
+from client.gateway.results import TYPE2_COPIED, UNAVAILABLE, Triaged, package, read_sr, to_source_frame
 from cxr.labels import LABELS, reported_probabilities
 from cxr.pixels import decode_image
-
-
-def _content(ds) -> list:
-    items = []
-    for item in ds.ContentSequence:
-        items.append(item)
-        items.extend(getattr(item, "ContentSequence", []))
-    return items
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def case(repository, test_rows):
     pipeline = LocalPipeline(repository)
     seg_in, cls_in = pipeline.prepare([data])
     raw = pipeline.segment(seg_in)
-    probs, cam = pipeline.cls.run(["probabilities", "cam"], {"cls_image": cls_in, "lung_mask": raw})
+    probs, cam = pipeline.classify(cls_in, raw)
     local = pipeline.route(probs, cam, raw, cls_in)[0]
     result = Triaged(label=local.triage["top_finding"], probabilities=reported_probabilities(probs[0]),
                      triage=local.triage, lung_fraction=local.lung_fraction, lung_mask=local.lung_mask, cam=cam[0],
@@ -50,26 +44,40 @@ def _roundtrip(ds):
     return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
 
 
-def test_sr_carries_the_result_and_references_the_image(case):
+def test_sr_is_a_tid1500_report_of_the_result(case):
     source, gray, result, _ = case
-    sr = _roundtrip(package(source, gray, result)[0])
-    assert sr.SOPClassUID == EnhancedSRStorage and sr.Modality == "SR"
+    sr_obj, seg, _ = package(source, gray, result)
+    sr = _roundtrip(sr_obj)
+    assert sr.SOPClassUID == Comprehensive3DSRStorage and sr.Modality == "SR"
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     assert sr.StudyInstanceUID == source.StudyInstanceUID and sr.PatientID == source.PatientID
-    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
-    assert evidence.ReferencedSOPInstanceUID == source.SOPInstanceUID
-    items = _content(sr)
-    texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
-    assert result.triage["priority"] in texts and "req-1" in texts
-    assert any(result.triage["thresholds_version"] == t for t in texts)
-    assert any(t.startswith("lung_segmentation: ") for t in texts)
-    finding = [i for i in items if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"]
-    assert finding[0].ConceptCodeSequence[0].CodeMeaning.lower().startswith(
-        {"normal": "normal", "bacterial": "bacterial", "viral": "viral", "covid": "covid", "tb": "tuberculosis"}[result.label])
-    probs = [float(i.MeasuredValueSequence[0].NumericValue) for i in items
-             if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeMeaning == "Class probability"]
+    read = read_sr(sr)  # through highdicom's MeasurementReport classes
+    assert read["image"] == source.SOPInstanceUID and read["status"] == "completed"
+    assert read["finding"] == result.label and read["priority"] == result.triage["priority"]
+    assert read["reasons"] == result.triage["reasons"]
+    assert read["segmentation"] == seg.SOPInstanceUID  # the lung ROI group references the SEG's segment
+    assert read["lung_fraction"] == pytest.approx(result.lung_fraction)
+    params = read["algorithm"]["parameters"]
+    assert f"thresholds {result.triage['thresholds_version']}" in params and "request req-1" in params
+    assert any(p.startswith("lung_segmentation version ") for p in params)
     trained = [k for k in LABELS if result.probabilities[k] is not None]
-    assert "tb" not in trained  # an untrained label is not reported as a probability
-    assert probs == pytest.approx([result.probabilities[k] for k in trained], abs=1e-4)
+    assert "tb" not in trained and list(read["probabilities"]) == trained  # an untrained label is not reported
+    assert [read["probabilities"][k] for k in trained] == pytest.approx([result.probabilities[k] for k in trained], abs=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed (make setup installs it)")
+def test_every_result_object_passes_dciodvfy(case, tmp_path):
+    """dciodvfy (dicom3tools) checks each object against its IOD: no errors (the private coding scheme of the few
+    concepts without a standard code is reported as a warning, as it must be)."""
+    source, gray, result, _ = case
+    for i, obj in enumerate([*package(source, gray, result), *package(source, None, None, error="x")]):
+        path = tmp_path / f"{i}.dcm"
+        obj.save_as(path, enforce_file_format=True)
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+        warnings = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Warning")]
+        assert not errors, (obj.SOPClassUID.name, errors)
+        assert all("99CXRTRIAGE" in w for w in warnings), (obj.SOPClassUID.name, warnings)
 
 
 def test_seg_matches_the_source_geometry_and_the_lungs(case):
@@ -95,8 +103,24 @@ def test_failed_inference_gives_an_unavailable_sr_with_the_reason(case):
     source, _, _, _ = case
     objects = package(source, None, None, error="inference unavailable: deadline exceeded", request_id="req-2")
     assert len(objects) == 1
-    texts = [i.TextValue for i in _content(_roundtrip(objects[0])) if i.ValueType == "TEXT"]
-    assert f"{UNAVAILABLE}: inference unavailable: deadline exceeded" in texts and "req-2" in texts
+    read = read_sr(_roundtrip(objects[0]))
+    assert read["status"] == "unavailable" and read["error"] == f"{UNAVAILABLE}: inference unavailable: deadline exceeded"
+    assert "request req-2" in read["algorithm"]["parameters"] and read["finding"] is None
+
+
+def test_absent_type2_attributes_are_copied_empty_into_every_object(case):
+    """Real modalities omit type-2 attributes (StudyTime, AccessionNumber, ...): still a full result package."""
+    import copy
+
+    source, gray, result, _ = case
+    bare = copy.deepcopy(source)
+    for keyword in TYPE2_COPIED:
+        delattr(bare, keyword)
+    objects = [*package(bare, gray, result), *package(bare, None, None, error="x")]
+    assert len(objects) == 4
+    for obj in map(_roundtrip, objects):
+        assert all(k in obj and not obj[k].value for k in TYPE2_COPIED), obj.SOPClassUID
+    assert "StudyTime" not in bare  # the received instance itself is left as it came
 
 
 def test_result_uids_are_stable_so_a_resend_does_not_duplicate(case):
