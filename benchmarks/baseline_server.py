@@ -48,7 +48,7 @@ def create_app(threads: int = 2) -> Flask:
             return Response(json.dumps({"error": f"bad image: {exc}"}), status=400, mimetype="application/json")
         with torch.no_grad():
             raw = segmenter(torch.from_numpy(seg_in[None]))
-            _, probs, cam = classifier(torch.from_numpy(cls_in[None]), raw)
+            _, probs, cam = classifier(*CLASSIFIER.feeds(torch.from_numpy(cls_in[None]), raw).values())
         # the same routing, gate and cascade as the served router
         (routed,) = route_batch(probs.numpy(), raw.numpy(), cls_in[None], thresholds, run_stage2, cams=cam.numpy())
         if routed.refused:

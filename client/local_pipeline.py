@@ -69,8 +69,7 @@ class LocalPipeline:
 
     def classify(self, cls_in: np.ndarray, raw_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities ``(N, classes)`` and class-activation maps ``(N, classes, h, w)``."""
-        feeds = {CLASSIFIER.inputs[0].name: cls_in, CLASSIFIER.inputs[1].name: raw_masks}
-        probs, cam = self.cls.run(["probabilities", "cam"], feeds)
+        probs, cam = self.cls.run(["probabilities", "cam"], CLASSIFIER.feeds(cls_in, raw_masks))
         return probs, cam
 
     def run_batch(self, blobs: list[bytes]) -> list[LocalResult]:

@@ -56,6 +56,13 @@ class ModelSpec:
     max_queue_delay_us: int = 2000
     arch: dict = field(default_factory=dict)
 
+    def feeds(self, *arrays) -> dict:
+        """``arrays`` named by this graph's inputs, in order. Arrays past the last input are left out: callers
+        pass the lung mask to every classifier, and one without mask attention takes none."""
+        if len(arrays) < len(self.inputs):
+            raise ValueError(f"{self.role} takes {[t.name for t in self.inputs]}, got {len(arrays)} arrays")
+        return {t.name: a for t, a in zip(self.inputs, arrays)}
+
     def output(self, name: str) -> TensorSpec:
         return _by_name(self.outputs, name, self.name)
 
@@ -84,22 +91,29 @@ LUNG_SEGMENTATION = ModelSpec(
     arch={"encoder_name": "resnet18", "decoder_channels": (128, 64, 32, 16, 16)},
 )
 
-CLASSIFIER = ModelSpec(
-    name="mobilenetv2_mdconv_ma",
-    role="cxr_classifier",
-    input_size=CLS_SIZE,
-    inputs=(
-        TensorSpec("cls_image", "TYPE_FP32", (1, *CLS_SIZE)),
-        TensorSpec("lung_mask", "TYPE_FP32", (1, *SEG_SIZE)),
-    ),
-    outputs=(
-        TensorSpec("logits", "TYPE_FP32", (len(LABELS),)),
-        TensorSpec("probabilities", "TYPE_FP32", (len(LABELS),)),
-        TensorSpec("cam", "TYPE_FP32", (len(LABELS), *CAM_SIZE)),
-    ),
-    weights="mobilenetv2_mdconv_ma.pt",
-    labels=LABELS,
-)
+CLS_IMAGE = TensorSpec("cls_image", "TYPE_FP32", (1, *CLS_SIZE))
+CLS_MASK = TensorSpec("lung_mask", "TYPE_FP32", (1, *SEG_SIZE))
+
+
+def classifier_spec(name: str, mask_attention: bool) -> ModelSpec:
+    """The served first-stage classifier: image (+ the segmenter's raw lung mask, for mask attention) ->
+    ``logits``, calibrated ``probabilities`` and the class-activation ``cam``."""
+    return ModelSpec(
+        name=name,
+        role="cxr_classifier",
+        input_size=CLS_SIZE,
+        inputs=(CLS_IMAGE, CLS_MASK) if mask_attention else (CLS_IMAGE,),
+        outputs=(
+            TensorSpec("logits", "TYPE_FP32", (len(LABELS),)),
+            TensorSpec("probabilities", "TYPE_FP32", (len(LABELS),)),
+            TensorSpec("cam", "TYPE_FP32", (len(LABELS), *CAM_SIZE)),
+        ),
+        weights=f"{name}.pt",
+        labels=LABELS,
+    )
+
+
+CLASSIFIER = classifier_spec("mobilenetv2_mdconv_ma", mask_attention=True)
 
 STAGE2_SIZE = (128, 128)
 STAGE2_LABELS = ("other_viral", "covid")
@@ -139,7 +153,7 @@ IMAGE_BYTES = TensorSpec("image_bytes", "TYPE_STRING", (1,))
 PREPROCESS = StepSpec(
     role="cxr_preprocess",
     inputs=(IMAGE_BYTES,),
-    outputs=(LUNG_SEGMENTATION.inputs[0], CLASSIFIER.inputs[0]),
+    outputs=(LUNG_SEGMENTATION.inputs[0], CLS_IMAGE),
     instance_count=2,
 )
 
@@ -149,7 +163,7 @@ ROUTER = StepSpec(
         TensorSpec("class_probabilities", "TYPE_FP32", (len(LABELS),)),
         TensorSpec("class_cam", "TYPE_FP32", (len(LABELS), *CAM_SIZE)),
         TensorSpec("raw_lung_mask", "TYPE_FP32", (1, *SEG_SIZE)),
-        CLASSIFIER.inputs[0],  # cls_image: the cascade's stage 2 is built from it (cxr.cascade)
+        CLS_IMAGE,  # the cascade's stage 2 is built from it (cxr.cascade)
     ),
     outputs=(
         TensorSpec("label", "TYPE_STRING", (1,)),
@@ -175,9 +189,9 @@ letterboxed network frame), probabilities in :data:`cxr.labels.LABELS` order and
 ENSEMBLE_STEPS = (
     ("cxr_preprocess", {"image_bytes": "image_bytes"}, {"seg_image": "seg_image", "cls_image": "cls_image"}),
     ("lung_segmentation", {"seg_image": "seg_image"}, {"lung_mask": "raw_lung_mask"}),
-    (
+    (  # without mask attention the classifier does not wait for the segmenter: Triton runs the two side by side
         "cxr_classifier",
-        {"cls_image": "cls_image", "lung_mask": "raw_lung_mask"},
+        {"cls_image": "cls_image", "lung_mask": "raw_lung_mask"} if CLS_MASK in CLASSIFIER.inputs else {"cls_image": "cls_image"},
         {"probabilities": "class_probabilities", "cam": "class_cam"},
     ),
     (

@@ -33,7 +33,7 @@ class SegmenterGraph(nn.Module):
 
 
 class ClassifierGraph(nn.Module):
-    """Served classifier graph: image + lung mask -> ``logits``, ``probabilities``, class-activation ``cam``.
+    """Served classifier graph: image (+ lung mask) -> ``logits``, ``probabilities``, class-activation ``cam``.
 
     ``probabilities`` are calibrated: ``softmax(logits / temperature)``, with the temperature fitted on val at
     training time (:mod:`training.calibration`, stored in the weights' metadata; 1.0 for weights without one).
@@ -45,8 +45,8 @@ class ClassifierGraph(nn.Module):
         self.model = model
         self.temperature = float(temperature)
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(image, mask)
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(image, mask)  # a model without mask attention takes no mask
         logits = self.model.forward_head(features)
         return logits, torch.softmax(logits / self.temperature, dim=1), self.model.class_activation_map(features)
 

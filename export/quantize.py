@@ -55,7 +55,7 @@ def calibration_feeds(repository: Path, blobs: list[bytes], batch: int = 8) -> d
         seg_in, cls_in = pipeline.prepare(blobs[start : start + batch])
         masks = pipeline.segment(seg_in)
         feeds[LUNG_SEGMENTATION.role].append({LUNG_SEGMENTATION.inputs[0].name: seg_in})
-        feeds[CLASSIFIER.role].append({CLASSIFIER.inputs[0].name: cls_in, CLASSIFIER.inputs[1].name: masks})
+        feeds[CLASSIFIER.role].append(CLASSIFIER.feeds(cls_in, masks))
     return feeds
 
 

@@ -127,11 +127,10 @@ class Shadow:
         sampled = [i for i in range(len(probs)) if random.random() < self.fraction]
         if not sampled:
             return
-        image, mask = (t.name for t in CLASSIFIER.inputs)
+        feeds = CLASSIFIER.feeds(cls_images[sampled], raw_masks[sampled])
         request = pb_utils.InferenceRequest(
             model_name=self.model, model_version=self.version, requested_output_names=["probabilities"],
-            inputs=[pb_utils.Tensor(image, cls_images[sampled].astype(np.float32)),
-                    pb_utils.Tensor(mask, raw_masks[sampled].astype(np.float32))])
+            inputs=[pb_utils.Tensor(name, array.astype(np.float32)) for name, array in feeds.items()])
         response = request.exec()
         if response.has_error():
             record(self.metrics.shadow_errors.increment, 1)
