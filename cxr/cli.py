@@ -92,7 +92,8 @@ def _gateway(args: argparse.Namespace) -> int:
 
     parse_destination(args.destination)  # fail fast on a malformed destination
     config = GatewayConfig(ae_title=args.ae_title, port=args.port, triton=args.triton, destination=args.destination,
-                           spool=Path(args.spool), allow_ae=tuple(args.allow_ae or ()), workers=args.workers)
+                           spool=Path(args.spool), allow_ae=tuple(args.allow_ae or ()), workers=args.workers,
+                           max_wait_s=args.max_wait if args.max_wait > 0 else None)
     return run(config, metrics_port=args.metrics_port, web_port=args.web_port)
 
 
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--spool", required=True, help="durable spool directory")
     gateway.add_argument("--allow-ae", action="append", metavar="AET", help="calling AE titles accepted (repeat)")
     gateway.add_argument("--workers", type=int, default=2)
+    gateway.add_argument("--max-wait", type=float, default=900.0,
+                         help="seconds a study may wait before it is taken first, at high priority (0: never)")
     gateway.add_argument("--metrics-port", type=int, default=9108, help="Prometheus metrics (0: off)")
     gateway.add_argument("--web-port", type=int, default=0, help="serve the upload page on this port (0: off)")
     gateway.set_defaults(func=_gateway)

@@ -7,7 +7,9 @@
   transfer syntax (what the server cannot decode gets an "AI result unavailable" SR naming the syntax).
 - Each instance is in the spool (fsynced) before C-STORE success is returned; a full disk answers
   0xA700 "out of resources" instead of accepting and dropping.
-- Workers take the most urgent instance first (DICOM Priority HIGH, then MEDIUM, LOW), skip what is not a
+- Workers take the most urgent instance first (the more urgent of DICOM Priority and Requested Procedure
+  Priority: HIGH/STAT, then MEDIUM/ROUTINE, LOW; one waiting longer than ``max_wait_s`` counts as HIGH and is
+  sent to Triton at request priority 1 like the HIGH ones), skip what is not a
   CR/DX chest frontal view (with a logged reason), triage it over gRPC and C-STORE the result package
   (SR + SEG + Secondary Capture, or an "AI result unavailable" SR) to the destination.
 - Logs name instances by a short hash of the SOP Instance UID, never patient attributes.
@@ -43,6 +45,19 @@ def ref(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:12]
 
 
+def requested_procedure_priority(data: bytes) -> str | None:
+    """Requested Procedure Priority (0040,1003) of an encoded instance, top level or in its Request Attributes
+    Sequence; None when absent or unreadable (the DIMSE priority then decides alone)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                             specific_tags=["RequestedProcedurePriority", "RequestAttributesSequence"])
+        values = [ds.get("RequestedProcedurePriority"),
+                  *(item.get("RequestedProcedurePriority") for item in ds.get("RequestAttributesSequence", []))]
+    except Exception:  # a malformed header is the decoder's to report, not the door's
+        return None
+    return next((str(v) for v in values if v), None)
+
+
 def parse_destination(text: str) -> tuple[str, str, int]:
     """``AET@HOST:PORT`` -> ``(aet, host, port)``."""
     try:
@@ -65,6 +80,7 @@ class GatewayConfig:
     retry_s: float = 300.0  # how long a worker waits out an unreachable Triton before reporting "unavailable"
     max_attempts: int = 3  # an instance whose processing raised this often is kept in spool/failed/
     retry_wait_s: float = 2.0  # pause after a failed attempt
+    max_wait_s: float | None = 900.0  # a study queued longer goes first, at high priority (None: never escalate)
     host: str = "0.0.0.0"
 
 
@@ -75,6 +91,8 @@ class GatewayMetrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.received = Counter("cxr_gateway_received", "Instances accepted into the spool", registry=r)
+        self.escalated = Counter("cxr_gateway_escalated", "Instances taken first because they waited longer than "
+                                 "max_wait_s", registry=r)
         self.duplicates = Counter("cxr_gateway_duplicates", "Resent instances acknowledged, not queued", registry=r)
         self.processed = Counter("cxr_gateway_processed", "Instances finished", ["outcome"], registry=r)
         self.failed = Counter("cxr_gateway_failed", "Failures (send or store), retried", ["stage"], registry=r)
@@ -87,7 +105,7 @@ class GatewayMetrics:
 class Gateway:
     def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None) -> None:
         self.config = config
-        self.spool = Spool(config.spool)
+        self.spool = Spool(config.spool, config.max_wait_s)
         self.metrics = metrics or GatewayMetrics()
         self.metrics.spool_depth.set_function(self.spool.depth)
         self.destination = parse_destination(config.destination)
@@ -105,11 +123,12 @@ class Gateway:
             uid = str(event.request.AffectedSOPInstanceUID)
             data = event.encoded_dataset()
             priority = int(getattr(event.request, "Priority", 0) or 0)
+            procedure_priority = requested_procedure_priority(data)
         except Exception as exc:  # a malformed request: refuse it, keep serving
             log.warning("C-STORE refused: cannot read the request (%s)", type(exc).__name__)
             return CANNOT_UNDERSTAND
         try:
-            queued = self.spool.accept(data, uid, priority)
+            queued = self.spool.accept(data, uid, priority, procedure_priority)
         except OSError as exc:
             self.metrics.failed.labels("spool").inc()
             log.error("C-STORE %s refused: spool write failed (%s)", ref(uid), exc.strerror or type(exc).__name__)
@@ -120,7 +139,7 @@ class Gateway:
         if queued:
             self.metrics.received.inc()
             self._wake.set()
-            log.info("received %s (priority %s)", ref(uid), priority)
+            log.info("received %s (priority %s, requested procedure priority %s)", ref(uid), priority, procedure_priority)
         else:
             self.metrics.duplicates.inc()
             log.info("received %s again: already spooled or done, not queued twice", ref(uid))
@@ -192,7 +211,10 @@ class Gateway:
             self.spool.complete(path, record)
             self.metrics.processed.labels("skipped").inc()
             return record
-        urgent = Spool.rank_of(path) == 0  # DICOM Priority HIGH
+        escalated = self.spool.escalated(path)
+        if escalated:
+            self.metrics.escalated.inc()
+        urgent = escalated or Spool.rank_of(path) == 0  # DICOM or procedure priority high, or waited too long
         result, error, request_id = self._triage(data, priority=1 if urgent else 0)
         gray = None
         if result is not None:

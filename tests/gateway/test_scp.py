@@ -124,3 +124,28 @@ def test_a_really_full_disk_refuses_c_store_and_recovers_when_space_returns(tiny
         assert c_store(config.port, datasets[-1:]) == [0x0000]
     finally:
         gateway.stop()
+
+
+def test_requested_procedure_priority_in_the_dataset_ranks_the_instance(gateway, xray_pixels):
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(xray_pixels)))
+    ds.RequestedProcedurePriority = "STAT"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    event, _ = _event(buffer.getvalue(), priority=2)  # DIMSE LOW
+    assert gateway._on_store(event) == 0x0000
+    assert gateway.spool.claim().name.startswith("0-")  # the order's STAT wins
+
+
+def test_an_escalated_study_is_sent_to_triton_at_high_priority(gateway, xray_pixels, monkeypatch):
+    import time
+
+    sent = []
+    monkeypatch.setattr(gateway, "_triage", lambda data, priority=0: sent.append(priority) or (None, "x", "r"))
+    monkeypatch.setattr(gateway, "_send", lambda objects, uid: True)
+    event, _ = _event(make_dicom(xray_pixels), priority=2)  # LOW
+    gateway._on_store(event)
+    path = gateway.spool.claim()
+    now = time.time_ns() + int(gateway.config.max_wait_s * 1e9) + 1  # as if it had waited past max_wait_s
+    monkeypatch.setattr(time, "time_ns", lambda: now)
+    gateway.process(path)
+    assert sent == [1] and gateway.metrics.registry.get_sample_value("cxr_gateway_escalated_total") == 1
