@@ -88,12 +88,14 @@ def _build(args: argparse.Namespace) -> int:
 def _gateway(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from client.gateway.outbox import Destinations
     from client.gateway.service import GatewayConfig, parse_destination, run
 
     parse_destination(args.destination)  # fail fast on a malformed destination
     config = GatewayConfig(ae_title=args.ae_title, port=args.port, triton=args.triton, destination=args.destination,
                            spool=Path(args.spool), allow_ae=tuple(args.allow_ae or ()), workers=args.workers,
-                           max_wait_s=args.max_wait if args.max_wait > 0 else None)
+                           max_wait_s=args.max_wait if args.max_wait > 0 else None,
+                           worklist=Destinations(hl7=args.hl7, fhir=args.fhir, webhook=args.webhook))
     return run(config, metrics_port=args.metrics_port, web_port=args.web_port)
 
 
@@ -158,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--spool", required=True, help="durable spool directory")
     gateway.add_argument("--allow-ae", action="append", metavar="AET", help="calling AE titles accepted (repeat)")
     gateway.add_argument("--workers", type=int, default=2)
+    gateway.add_argument("--hl7", metavar="HOST:PORT", help="send each result as HL7 v2.5.1 ORU^R01 over MLLP")
+    gateway.add_argument("--fhir", metavar="URL", help="POST each result as a FHIR R4 transaction bundle to this base URL")
+    gateway.add_argument("--webhook", metavar="URL", help="POST a JSON alert here for every urgent result")
     gateway.add_argument("--max-wait", type=float, default=900.0,
                          help="seconds a study may wait before it is taken first, at high priority (0: never)")
     gateway.add_argument("--metrics-port", type=int, default=9108, help="Prometheus metrics (0: off)")

@@ -33,7 +33,9 @@ from pynetdicom.sop_class import Verification
 
 from client.gateway.results import Triaged, package
 from cxr.acceptance import tag_refusal
+from client.gateway.outbox import Deliverer, Destinations, Outbox
 from client.gateway.spool import PRIORITY_NAME, Spool
+from client.gateway.worklist import fhir_bundle, hl7_oru, message_id, webhook
 from client.grpc_client import TriageClient, is_transient
 
 log = logging.getLogger("cxr.gateway")
@@ -81,6 +83,7 @@ class GatewayConfig:
     max_attempts: int = 3  # an instance whose processing raised this often is kept in spool/failed/
     retry_wait_s: float = 2.0  # pause after a failed attempt
     max_wait_s: float | None = 900.0  # a study queued longer goes first, at high priority (None: never escalate)
+    worklist: Destinations = field(default_factory=Destinations)  # HL7 / FHIR / webhook (all off by default)
     host: str = "0.0.0.0"
 
 
@@ -97,6 +100,9 @@ class GatewayMetrics:
         self.processed = Counter("cxr_gateway_processed", "Instances finished", ["outcome"], registry=r)
         self.failed = Counter("cxr_gateway_failed", "Failures (send or store), retried", ["stage"], registry=r)
         self.spool_depth = Gauge("cxr_gateway_spool_depth", "Instances waiting or in progress", registry=r)
+        self.worklist = Counter("cxr_gateway_worklist", "Worklist message attempts (HL7, FHIR, webhook)",
+                                ["channel", "outcome"], registry=r)
+        self.outbox_depth = Gauge("cxr_gateway_outbox_depth", "Worklist messages not yet acknowledged", registry=r)
         self.turnaround = Histogram("cxr_gateway_turnaround_seconds", "C-STORE received -> result stored",
                                     ["priority"], registry=r,
                                     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
@@ -108,6 +114,10 @@ class Gateway:
         self.spool = Spool(config.spool, config.max_wait_s)
         self.metrics = metrics or GatewayMetrics()
         self.metrics.spool_depth.set_function(self.spool.depth)
+        self.outbox = Outbox(Path(config.spool) / "outbox")
+        self.metrics.outbox_depth.set_function(self.outbox.depth)
+        self.deliverer = Deliverer(self.outbox, config.worklist, on_result=lambda channel, ok: self.metrics.worklist.labels(
+            channel, "delivered" if ok else "retry").inc())
         self.destination = parse_destination(config.destination)
         outputs = ("label", "triage", "probabilities", "lung_fraction", "lung_mask", "cam")
         self.client = TriageClient(config.triton, outputs=outputs)
@@ -154,6 +164,8 @@ class Gateway:
             ae.require_calling_aet = list(self.config.allow_ae)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
         self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        if self.config.worklist.enabled():
+            self.deliverer.start()
         for i in range(self.config.workers):
             thread = threading.Thread(target=self._work, name=f"cxr-gateway-worker-{i}", daemon=True)
             thread.start()
@@ -169,6 +181,7 @@ class Gateway:
             self._server.shutdown()
         for thread in self._threads:
             thread.join(timeout=60)
+        self.deliverer.stop()
         self.client.close()
 
     # -- Workers -----------------------------------------------------------------------------
@@ -236,12 +249,34 @@ class Gateway:
                   "objects": [{"sop_class": str(o.SOPClassUID), "sop_instance": str(o.SOPInstanceUID)} for o in objects]}
         if result is not None:
             record.update(label=result.label, priority=result.triage["priority"])
+            record["worklist"] = self._queue_worklist(ds, result)
         received_ns = int(path.name.split("-", 2)[1])
         self.metrics.turnaround.labels(PRIORITY_NAME[Spool.rank_of(path)]).observe((time.time_ns() - received_ns) / 1e9)
         self.spool.complete(path, record)
         self.metrics.processed.labels(outcome).inc()
         log.info("%s %s: %s", outcome, ref(uid), record.get("priority") or error)
         return record
+
+    def _queue_worklist(self, ds: Dataset, result: Triaged) -> list[str]:
+        """Queue the result's worklist messages durably (before the outcome is recorded, so a crash in between
+        queues them again, under the same ids); the deliverer sends them. Returns the channels queued."""
+        messages = {"hl7": lambda: hl7_oru(ds, result, sending_facility=self.config.ae_title),
+                    "fhir": lambda: fhir_bundle(ds, result),
+                    "webhook": lambda: webhook(ds, result) if result.triage["priority"] == "urgent" else None}
+        queued = []
+        for channel in self.config.worklist.enabled():
+            try:
+                payload = messages[channel]()
+            except Exception as exc:  # a message this study cannot make must not hold back its DICOM result
+                log.error("%s message for %s not built: %s", channel, ref(str(ds.SOPInstanceUID)), type(exc).__name__)
+                self.metrics.worklist.labels(channel, "not_built").inc()
+                continue
+            if payload is not None:
+                self.outbox.put(channel, message_id(ds, channel), payload)
+                queued.append(channel)
+        if queued:
+            self.deliverer.wake()
+        return queued
 
     def _triage(self, data: bytes, priority: int = 0) -> tuple[Triaged | None, str | None, str]:
         """Call the ensemble (Triton request ``priority``), waiting out an unreachable server for up to ``retry_s``."""

@@ -33,7 +33,7 @@ PRIORITY_NAME = {0: "high", 1: "medium", 2: "low"}  # by rank
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -70,7 +70,7 @@ class Spool:
             os.replace(path, self.incoming / path.name)
             moved += 1
         if moved:
-            _fsync_dir(self.incoming)
+            fsync_dir(self.incoming)
         return moved
 
     @staticmethod
@@ -123,7 +123,7 @@ class Spool:
             except OSError:
                 tmp.unlink(missing_ok=True)
                 raise
-            _fsync_dir(self.incoming)
+            fsync_dir(self.incoming)
             return True
 
     def claim(self) -> Path | None:
@@ -154,7 +154,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.done / f"{uid}.json")
-        _fsync_dir(self.done)
+        fsync_dir(self.done)
         if not keep:
             path.unlink(missing_ok=True)
 
@@ -164,7 +164,7 @@ class Spool:
         To retry it later, move it back into ``incoming/`` and delete its record in ``done/``.
         """
         os.replace(path, self.failed / path.name)
-        _fsync_dir(self.failed)
+        fsync_dir(self.failed)
         self.complete(self.failed / path.name, record, keep=True)
 
     def record(self, sop_uid: str) -> dict | None:

@@ -1,0 +1,201 @@
+"""Results onto the worklist: HL7 ORU^R01 over MLLP and FHIR / webhook over HTTP, received by real listeners
+in-process, delivered durably (retried while a receiver is down, kept across a restart, never queued twice)."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import hl7
+import hl7.mllp
+import numpy as np
+import pydicom
+import pytest
+
+from client.dicom_files import make_dicom
+from client.gateway.outbox import Destinations
+from client.gateway.results import Triaged
+from client.gateway.service import Gateway, GatewayConfig
+from client.gateway.worklist import fhir_bundle, hl7_oru, message_id, validate_fhir
+from cxr.labels import LABELS
+from cxr.server import free_port
+from tests.gateway.conftest import wait_until
+
+
+def _result(priority: str = "urgent", label: str = "viral") -> Triaged:
+    return Triaged(label=label, probabilities={k: (None if k == "tb" else 0.2) for k in LABELS},
+                   triage={"priority": priority, "reasons": ["viral 0.81 >= 0.50 | odd"], "thresholds_version": "t1"},
+                   lung_fraction=0.3, lung_mask=np.pad(np.ones((128, 128), np.uint8), 64),
+                   cam=np.zeros((len(LABELS), 8, 8), np.float32), model_versions={"cxr_classifier": "1"}, request_id="req")
+
+
+def _source(accession: str = "ACC1") -> pydicom.Dataset:
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(np.random.default_rng(0).random((300, 240)).astype(np.float32))))
+    ds.AccessionNumber = accession
+    return ds
+
+
+def test_oru_r01_carries_priority_finding_and_trained_probabilities():
+    source = _source()
+    text = hl7_oru(source, _result())
+    message = hl7.parse(text)
+    msh, pid, obr = message.segment("MSH"), message.segment("PID"), message.segment("OBR")
+    assert str(msh[9]) == "ORU^R01^ORU_R01" and str(msh[12]) == "2.5.1"
+    assert str(msh[10]) == message_id(source, "hl7") and len(str(msh[10])) <= 20  # MSH-10: at most 20 in v2.5.1
+    assert hl7_oru(source, _result()).split("\r")[0].split("|")[9] == str(msh[10])  # the same id every time
+    assert str(pid[3]) == "ANON0001" and str(pid[5]) == "Demo^Anonymous"
+    assert str(obr[2]) == "ACC1" and str(obr[3][0][0]) == str(source.StudyInstanceUID)
+    assert str(obr[5]) == "S" and str(obr[27][0][5]) == "S" and str(obr[25]) == "P"  # stat, preliminary
+    obx = message.segments("OBX")
+    assert str(obx[0][5]) == "75570004^Viral pneumonia^SCT" and str(obx[1][5]) == "urgent"
+    probabilities = {str(o[4]): float(str(o[5])) for o in obx if str(o[2]) == "NM"}
+    assert probabilities == {"normal": 0.2, "bacterial": 0.2, "viral": 0.2, "covid": 0.2}  # no untrained tb
+    assert hl7.parse(text).segments("OBX")[-1][5][0] == "viral 0.81 >= 0.50 \\F\\ odd"  # '|' escaped, not a field
+
+
+def test_fhir_bundle_is_valid_and_links_the_observations():
+    from pydantic import ValidationError
+
+    bundle = fhir_bundle(_source(), _result(priority="expedited", label="bacterial"))  # validated while built
+    report = bundle["entry"][-1]["resource"]
+    assert report["resourceType"] == "DiagnosticReport" and report["status"] == "preliminary"
+    assert report["conclusionCode"][0]["coding"][0]["code"] == "53084003"
+    assert [r["reference"] for r in report["result"]] == [e["fullUrl"] for e in bundle["entry"][:-1]]
+    assert len(bundle["entry"]) == 1 + 1 + 4  # priority + four trained probabilities + the report
+    assert all(e["request"]["ifNoneExist"].startswith("identifier=") for e in bundle["entry"])
+    del report["code"]  # fhir.resources checks structure and types (not value-set membership)
+    with pytest.raises(ValidationError, match="code"):
+        validate_fhir(bundle)
+
+
+class MLLPListener:
+    """A real HL7 MLLP listener (python-hl7's asyncio server) that acknowledges every message with AA."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.messages = port, []
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+
+    async def _handle(self, reader, writer):
+        try:
+            while not writer.is_closing():
+                message = await reader.readmessage()
+                self.messages.append(str(message))
+                writer.writemessage(message.create_ack())
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    async def _serve(self):
+        self.server = await hl7.mllp.start_hl7_server(self._handle, host="127.0.0.1", port=self.port)
+        self._ready.set()
+        try:
+            async with self.server:
+                await self.server.serve_forever()
+        except asyncio.CancelledError:  # closed by __exit__
+            pass
+
+    def __enter__(self):
+        threading.Thread(target=lambda: self.loop.run_until_complete(self._serve()), daemon=True).start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(self.server.close)
+
+
+class HTTPListener:
+    """A real HTTP server recording every POSTed JSON body by path."""
+
+    def __init__(self, port: int) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.path, self.headers["Content-Type"], json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _gateway(tmp_path, monkeypatch, hl7_port, http_port) -> Gateway:
+    worklist = Destinations(hl7=f"127.0.0.1:{hl7_port}", fhir=f"http://127.0.0.1:{http_port}/fhir",
+                            webhook=f"http://127.0.0.1:{http_port}/alert")
+    gw = Gateway(GatewayConfig("CXRGW", 0, "localhost:1", "PACS@localhost:1", tmp_path / "spool", worklist=worklist))
+    gw.deliverer.backoff_s = 0.2
+    monkeypatch.setattr(gw, "_send", lambda objects, uid: True)  # the C-STORE to the PACS (tested elsewhere)
+    return gw
+
+
+def _process(gw: Gateway, monkeypatch, source: pydicom.Dataset, result: Triaged) -> dict:
+    monkeypatch.setattr(gw, "_triage", lambda data, priority=0: (result, None, "req"))
+    buffer = io.BytesIO()
+    source.save_as(buffer, enforce_file_format=True)
+    gw.spool.accept(buffer.getvalue(), str(source.SOPInstanceUID))
+    return gw.process(gw.spool.claim())
+
+
+def test_every_result_reaches_hl7_and_fhir_and_urgent_ones_the_webhook(tmp_path, monkeypatch):
+    hl7_port, http_port = free_port(), free_port()
+    with MLLPListener(hl7_port) as ris, HTTPListener(http_port) as web:
+        gw = _gateway(tmp_path, monkeypatch, hl7_port, http_port)
+        gw.deliverer.start()
+        try:
+            urgent = _process(gw, monkeypatch, _source("A1"), _result("urgent"))
+            routine = _process(gw, monkeypatch, _other_source(), _result("routine", "normal"))
+            wait_until(lambda: gw.outbox.depth() == 0, timeout_s=30, what="the outbox to drain")
+        finally:
+            gw.deliverer.stop()
+    assert urgent["worklist"] == ["hl7", "fhir", "webhook"] and routine["worklist"] == ["hl7", "fhir"]
+    assert sorted(str(hl7.parse(m).segment("OBR")[5]) for m in ris.messages) == ["R", "S"]
+    fhir = [body for path, kind, body in web.received if path == "/fhir"]
+    alerts = [body for path, kind, body in web.received if path == "/alert"]
+    assert len(fhir) == 2 and all(kind == "application/fhir+json" for path, kind, _ in web.received if path == "/fhir")
+    assert [a["priority"] for a in alerts] == ["urgent"]
+    metric = gw.metrics.registry.get_sample_value
+    assert metric("cxr_gateway_worklist_total", {"channel": "hl7", "outcome": "delivered"}) == 2
+    assert metric("cxr_gateway_outbox_depth") == 0
+
+
+def _other_source() -> pydicom.Dataset:
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(np.random.default_rng(1).random((300, 240)).astype(np.float32))))
+    ds.AccessionNumber = "A2"
+    return ds
+
+
+def test_a_receiver_that_is_down_gets_the_message_once_it_is_up_even_after_a_restart(tmp_path, monkeypatch):
+    hl7_port, http_port = free_port(), free_port()
+    gw = _gateway(tmp_path, monkeypatch, hl7_port, http_port)
+    source = _source()
+    record = _process(gw, monkeypatch, source, _result("urgent"))
+    assert record["worklist"] == ["hl7", "fhir", "webhook"] and gw.outbox.depth() == 3
+    assert gw.deliverer.drain_once() == 0  # nobody listening: kept, to be retried
+    assert gw.metrics.registry.get_sample_value("cxr_gateway_worklist_total", {"channel": "hl7", "outcome": "retry"}) == 1
+    # the gateway restarts (a new process would find the same spool) before the receivers come up
+    again = _gateway(tmp_path, monkeypatch, hl7_port, http_port)
+    assert again.outbox.depth() == 3 and not again.outbox.put("hl7", message_id(source, "hl7"), "dup")
+    with MLLPListener(hl7_port) as ris, HTTPListener(http_port) as web:
+        again.deliverer.start()
+        try:
+            wait_until(lambda: again.outbox.depth() == 0, timeout_s=30, what="the outbox to drain")
+            time.sleep(0.5)  # anything sent twice would have arrived by now
+        finally:
+            again.deliverer.stop()
+    assert len(ris.messages) == 1 and len(web.received) == 2  # each message exactly once
+    assert str(hl7.parse(ris.messages[0]).segment("MSH")[10]) == message_id(source, "hl7")
