@@ -89,13 +89,20 @@ def _gateway(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from client.gateway.outbox import Destinations
-    from client.gateway.service import GatewayConfig, parse_destination, run
+    from client.gateway.service import DicomTLS, GatewayConfig, parse_destination, run
 
     parse_destination(args.destination)  # fail fast on a malformed destination
+    if bool(args.tls_cert) != bool(args.tls_key) or ((args.tls_mutual or args.destination_tls) and not args.tls_cert):
+        print("error: DICOM TLS needs --tls-cert and --tls-key together (and both for --tls-mutual / --destination-tls)",
+              file=sys.stderr)
+        return 2
     config = GatewayConfig(ae_title=args.ae_title, port=args.port, triton=args.triton, destination=args.destination,
                            spool=Path(args.spool), allow_ae=tuple(args.allow_ae or ()), workers=args.workers,
                            max_wait_s=args.max_wait if args.max_wait > 0 else None,
-                           worklist=Destinations(hl7=args.hl7, fhir=args.fhir, webhook=args.webhook))
+                           worklist=Destinations(hl7=args.hl7, fhir=args.fhir, webhook=args.webhook),
+                           tls=DicomTLS(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca) if args.tls_ca else None,
+                                        mutual=args.tls_mutual, scp=True, scu=args.destination_tls)
+                           if args.tls_cert else None)
     return run(config, metrics_port=args.metrics_port, web_port=args.web_port)
 
 
@@ -163,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--hl7", metavar="HOST:PORT", help="send each result as HL7 v2.5.1 ORU^R01 over MLLP")
     gateway.add_argument("--fhir", metavar="URL", help="POST each result as a FHIR R4 transaction bundle to this base URL")
     gateway.add_argument("--webhook", metavar="URL", help="POST a JSON alert here for every urgent result")
+    gateway.add_argument("--tls-cert", help="PEM certificate: accept DICOM over TLS only (with --tls-key)")
+    gateway.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    gateway.add_argument("--tls-ca", help="PEM CA that signs peer certificates (callers with --tls-mutual; the destination)")
+    gateway.add_argument("--tls-mutual", action="store_true", help="callers must present a certificate signed by --tls-ca")
+    gateway.add_argument("--destination-tls", action="store_true", help="send results to the destination over TLS")
     gateway.add_argument("--max-wait", type=float, default=900.0,
                          help="seconds a study may wait before it is taken first, at high priority (0: never)")
     gateway.add_argument("--metrics-port", type=int, default=9108, help="Prometheus metrics (0: off)")

@@ -2,6 +2,8 @@
 for the reliability tests (closed-loop :class:`Load`, :func:`write_artifact`)."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,6 +24,27 @@ def data_dir() -> Path:
         pytest.fail(f"this test needs the CXR data set: no manifest.csv in {DATA} (the team's copy is ../shared/data/cxr "
                     "beside the checkout; elsewhere set CXR_DATA to a folder holding manifest.csv)", pytrace=False)
     return DATA
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Path:
+    """A self-signed CA, a server certificate for localhost and a client certificate, all signed by the CA."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make the test CA")
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=cxr-test-ca",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    for name, extra in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", cwd=d)
+        (d / f"{name}.ext").write_text(extra + "\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)
+    return d
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,34 @@ def parse_destination(text: str) -> tuple[str, str, int]:
         raise ValueError(f"destination must be AET@HOST:PORT, got {text!r}") from None
 
 
+@dataclass(frozen=True)
+class DicomTLS:
+    """DICOM over TLS (PS3.15 Annex B, the "Basic TLS Secure Transport Connection Profile").
+
+    ``certificate``/``key``: this AE's PEM pair (served to callers; shown to the destination when it asks).
+    ``ca``: PEM CA that signs the peers' certificates. ``mutual``: callers must present a certificate signed by
+    ``ca``. ``scp``/``scu``: TLS on the listening port / on the connection to the destination.
+    """
+
+    certificate: Path
+    key: Path
+    ca: Path | None = None
+    mutual: bool = False
+    scp: bool = True
+    scu: bool = False
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca) if self.ca else None)
+        context.load_cert_chain(str(self.certificate), str(self.key))
+        context.verify_mode = ssl.CERT_REQUIRED if self.mutual else ssl.CERT_NONE
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca) if self.ca else None)
+        context.load_cert_chain(str(self.certificate), str(self.key))
+        return context
+
+
 @dataclass
 class GatewayConfig:
     ae_title: str
@@ -84,6 +113,7 @@ class GatewayConfig:
     retry_wait_s: float = 2.0  # pause after a failed attempt
     max_wait_s: float | None = 900.0  # a study queued longer goes first, at high priority (None: never escalate)
     worklist: Destinations = field(default_factory=Destinations)  # HL7 / FHIR / webhook (all off by default)
+    tls: DicomTLS | None = None  # DICOM TLS on the SCP and/or towards the destination
     host: str = "0.0.0.0"
 
 
@@ -163,7 +193,9 @@ class Gateway:
         if self.config.allow_ae:
             ae.require_calling_aet = list(self.config.allow_ae)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
-        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        tls = self.config.tls
+        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers,
+                                       ssl_context=tls.server_context() if tls and tls.scp else None)
         if self.config.worklist.enabled():
             self.deliverer.start()
         for i in range(self.config.workers):
@@ -299,7 +331,9 @@ class Gateway:
         ae = AE(ae_title=self.config.ae_title)
         for sop_class in {str(o.SOPClassUID) for o in objects}:
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-        assoc = ae.associate(host, port, ae_title=aet)
+        tls = self.config.tls
+        assoc = ae.associate(host, port, ae_title=aet,
+                             tls_args=(tls.client_context(), host) if tls and tls.scu else None)
         if not assoc.is_established:
             self.metrics.failed.labels("send").inc()
             log.warning("result for %s not sent: %s@%s:%d unreachable; will retry", ref(uid), aet, host, port)
