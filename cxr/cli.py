@@ -1,4 +1,5 @@
-"""The ``cxr`` command line: serve, classify, evaluate, build-repository, gateway, explain, bench, flops, report.
+"""The ``cxr`` command line: serve, classify, evaluate, build-repository, gateway, backfill, explain, bench, flops,
+report, models, thresholds.
 
 Subcommands import their modules lazily, so ``cxr classify`` needs only the client dependencies.
 """
@@ -12,7 +13,7 @@ import sys
 
 # Commands whose arguments go unparsed to ``<module>.main(argv)``.
 PASSTHROUGH = {"bench": "benchmarks.run", "flops": "benchmarks.flops", "report": "training.report",
-               "models": "export.release", "thresholds": "client.thresholds"}
+               "models": "export.release", "thresholds": "client.thresholds", "backfill": "client.gateway.dicomweb"}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -91,7 +92,12 @@ def _gateway(args: argparse.Namespace) -> int:
     from client.gateway.outbox import Destinations
     from client.gateway.service import DicomTLS, GatewayConfig, parse_destination, run
 
-    parse_destination(args.destination)  # fail fast on a malformed destination
+    if not args.destination and not args.stow:
+        print("error: give --destination AET@HOST:PORT (C-STORE) and/or --stow URL (DICOMweb) for the results",
+              file=sys.stderr)
+        return 2
+    if args.destination:
+        parse_destination(args.destination)  # fail fast on a malformed destination
     if bool(args.tls_cert) != bool(args.tls_key) or ((args.tls_mutual or args.destination_tls) and not args.tls_cert):
         print("error: DICOM TLS needs --tls-cert and --tls-key together (and both for --tls-mutual / --destination-tls)",
               file=sys.stderr)
@@ -100,6 +106,7 @@ def _gateway(args: argparse.Namespace) -> int:
                            spool=Path(args.spool), allow_ae=tuple(args.allow_ae or ()), workers=args.workers,
                            max_wait_s=args.max_wait if args.max_wait > 0 else None,
                            worklist=Destinations(hl7=args.hl7, fhir=args.fhir, webhook=args.webhook),
+                           stow=args.stow,
                            tls=DicomTLS(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca) if args.tls_ca else None,
                                         mutual=args.tls_mutual, scp=True, scu=args.destination_tls)
                            if args.tls_cert else None)
@@ -163,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--ae-title", default="CXRGW")
     gateway.add_argument("--port", type=int, default=11112)
     gateway.add_argument("--triton", default="localhost:8001", help="Triton gRPC HOST:PORT")
-    gateway.add_argument("--destination", required=True, help="where results go: AET@HOST:PORT (the PACS)")
+    gateway.add_argument("--destination", help="where results go by C-STORE: AET@HOST:PORT (the PACS)")
+    gateway.add_argument("--stow", metavar="URL", help="DICOMweb base URL: store results by STOW-RS (beside or "
+                                                       "instead of --destination)")
     gateway.add_argument("--spool", required=True, help="durable spool directory")
     gateway.add_argument("--allow-ae", action="append", metavar="AET", help="calling AE titles accepted (repeat)")
     gateway.add_argument("--workers", type=int, default=2)
@@ -193,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="served vs raw ONNX Runtime vs a naive Flask server (cxr bench --help)")
     sub.add_parser("flops", help="MACs/params of every model vs the papers' tables (cxr flops --json)")
     sub.add_parser("report", help="train/evaluate the papers' classifiers, write a Markdown table (cxr report --help)")
+    sub.add_parser("backfill", help="triage past studies found by QIDO-RS / fetched by WADO-RS (cxr backfill --help)")
     sub.add_parser("models", help="publish/gate/promote/roll back model releases (cxr models --help)")
     sub.add_parser("thresholds", help="fit triage thresholds (cxr thresholds fit --help) and the safety gate (cxr thresholds gate --help)")
     return parser

@@ -34,6 +34,7 @@ from pynetdicom.sop_class import Verification
 
 from client.gateway.results import Triaged, package
 from cxr.acceptance import tag_refusal
+from client.gateway.dicomweb import stow
 from client.gateway.outbox import Deliverer, Destinations, Outbox
 from client.gateway.spool import PRIORITY_NAME, Spool
 from client.gateway.worklist import fhir_bundle, hl7_oru, message_id, webhook
@@ -104,7 +105,7 @@ class GatewayConfig:
     ae_title: str
     port: int
     triton: str
-    destination: str
+    destination: str | None  # AET@HOST:PORT for C-STORE of the results (None: STOW-RS only)
     spool: Path
     allow_ae: tuple[str, ...] = ()
     workers: int = 2
@@ -114,6 +115,7 @@ class GatewayConfig:
     max_wait_s: float | None = 900.0  # a study queued longer goes first, at high priority (None: never escalate)
     worklist: Destinations = field(default_factory=Destinations)  # HL7 / FHIR / webhook (all off by default)
     tls: DicomTLS | None = None  # DICOM TLS on the SCP and/or towards the destination
+    stow: str | None = None  # DICOMweb base URL: results also (or only) stored by STOW-RS
     host: str = "0.0.0.0"
 
 
@@ -148,7 +150,9 @@ class Gateway:
         self.metrics.outbox_depth.set_function(self.outbox.depth)
         self.deliverer = Deliverer(self.outbox, config.worklist, on_result=lambda channel, ok: self.metrics.worklist.labels(
             channel, "delivered" if ok else "retry").inc())
-        self.destination = parse_destination(config.destination)
+        if not config.destination and not config.stow:
+            raise ValueError("the gateway needs a destination for its results: a C-STORE destination or a STOW-RS URL")
+        self.destination = parse_destination(config.destination) if config.destination else None
         outputs = ("label", "triage", "probabilities", "lung_fraction", "lung_mask", "cam")
         self.client = TriageClient(config.triton, outputs=outputs)
         self._wake = threading.Event()
@@ -327,6 +331,19 @@ class Gateway:
             delay = min(delay * 2, 10.0)
 
     def _send(self, objects: list[Dataset], uid: str) -> bool:
+        """Store the result objects where configured (C-STORE, STOW-RS or both); False: retry later."""
+        if self.destination is not None and not self._c_store(objects, uid):
+            return False
+        if self.config.stow:
+            try:
+                stow(self.config.stow, objects)
+            except Exception as exc:  # unreachable, refused, partial failure: the study is retried, never lost
+                self.metrics.failed.labels("send").inc()
+                log.warning("result for %s not stored by STOW-RS (%s); will retry", ref(uid), type(exc).__name__)
+                return False
+        return True
+
+    def _c_store(self, objects: list[Dataset], uid: str) -> bool:
         aet, host, port = self.destination
         ae = AE(ae_title=self.config.ae_title)
         for sop_class in {str(o.SOPClassUID) for o in objects}:

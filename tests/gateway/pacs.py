@@ -10,6 +10,8 @@ from pathlib import Path
 
 from cxr.server import free_port
 
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
 
 class Orthanc:
     """Orthanc with its own storage under ``workdir``, knowing the gateway as modality ``gateway``.
@@ -34,7 +36,8 @@ class Orthanc:
             "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": True,
             "DicomModalities": {"gateway": [gateway_aet, "127.0.0.1", gateway_port]},
-            "Plugins": [],
+            "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.exists() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},  # Debian orthanc-dicomweb: STOW/QIDO/WADO-RS
         }
         self.config_path = workdir / "orthanc.json"
         self.config_path.write_text(json.dumps(self.config, indent=2))
@@ -56,6 +59,13 @@ class Orthanc:
         with urllib.request.urlopen(req, timeout=120) as response:
             raw = response.read()
         return json.loads(raw) if response.headers.get_content_type() == "application/json" else raw
+
+    @property
+    def dicomweb(self) -> str:
+        """The DICOMweb base URL (the orthanc-dicomweb plugin)."""
+        if not DICOMWEB_PLUGIN.exists():
+            raise RuntimeError("orthanc-dicomweb is not installed (make setup installs the Debian package)")
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def get(self, path: str):
         return self.request("GET", path)
