@@ -199,3 +199,58 @@ def test_a_receiver_that_is_down_gets_the_message_once_it_is_up_even_after_a_res
             again.deliverer.stop()
     assert len(ris.messages) == 1 and len(web.received) == 2  # each message exactly once
     assert str(hl7.parse(ris.messages[0]).segment("MSH")[10]) == message_id(source, "hl7")
+
+
+def test_a_deliverer_killed_mid_delivery_loses_nothing_and_repeats_at_most_the_message_in_flight(tmp_path):
+    """SIGKILL while messages are on the wire, restart: every message arrives; the only possible repeat is the one
+    whose ACK came back as the process died, and it carries the same control id (MSH-10) for the receiver to drop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from client.gateway.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    sent = {}
+    for i in range(20):
+        source = _source(f"K{i}")
+        source.SOPInstanceUID = f"1.2.826.0.1.3680043.10.{i + 1}"
+        sent[message_id(source, "hl7")] = outbox.put("hl7", message_id(source, "hl7"), hl7_oru(source, _result()))
+    port = free_port()
+
+    class SlowListener(MLLPListener):  # acknowledges after 0.2 s, so a kill lands while messages are in flight
+        async def _handle(self, reader, writer):
+            try:
+                while not writer.is_closing():
+                    message = await reader.readmessage()
+                    self.messages.append(str(message))
+                    await asyncio.sleep(0.2)
+                    writer.writemessage(message.create_ack())
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+    def driver():
+        return subprocess.Popen([sys.executable, "-m", "tests.gateway.outbox_driver", str(tmp_path / "outbox"),
+                                 f"127.0.0.1:{port}"], start_new_session=True)
+
+    with SlowListener(port) as ris:
+        first = driver()
+        wait_until(lambda: len(ris.messages) >= 6, timeout_s=60, what="some messages to arrive")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        left = outbox.depth()
+        second = driver()
+        try:
+            wait_until(lambda: outbox.depth() == 0, timeout_s=60, what="the restarted deliverer to drain the outbox")
+            time.sleep(0.5)
+        finally:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait()
+    ids = [str(hl7.parse(m).segment("MSH")[10]) for m in ris.messages]
+    assert all(sent.values()) and 0 < left < 20  # the kill came mid-way
+    assert set(ids) == set(sent)  # nothing lost
+    repeats = len(ids) - len(set(ids))
+    assert repeats <= 1  # at most the message whose ACK was in flight when the process died
+    assert len(ris.messages) - repeats == 20

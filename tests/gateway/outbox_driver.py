@@ -1,0 +1,15 @@
+"""Run the gateway's worklist deliverer alone on an outbox (a stand-in gateway process the test can SIGKILL).
+
+    python -m tests.gateway.outbox_driver OUTBOX HOST:PORT
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from client.gateway.outbox import Deliverer, Destinations, Outbox
+
+if __name__ == "__main__":
+    Deliverer(Outbox(sys.argv[1]), Destinations(hl7=sys.argv[2]), backoff_s=0.1).start()
+    while True:
+        time.sleep(1)
