@@ -68,6 +68,26 @@ def test_orthanc_sends_a_cr_and_gets_sr_seg_and_sc_back(pacs_and_gateway, test_r
     assert gateway.metrics.registry.get_sample_value("cxr_gateway_duplicates_total") == 1
 
 
+def test_orthanc_sends_a_cr_and_gets_the_results_back_by_stow_rs(triton, test_rows, tmp_path):
+    """The DICOMweb-only archive: C-STORE in from Orthanc, results back by STOW-RS alone (no C-STORE destination)."""
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, port)
+    gateway = Gateway(GatewayConfig(GATEWAY_AET, port, triton.grpc_url, None, tmp_path / "spool",
+                                    allow_ae=(orthanc.aet,), host="127.0.0.1", stow=orthanc.dicomweb)).start()
+    try:
+        data = _cr(next(r for r in test_rows if r.mask is not None))
+        source = pydicom.dcmread(io.BytesIO(data))
+        orthanc.send_to_gateway(orthanc.upload(data))
+        found = orthanc.wait_for(4)
+        results = results_by_class(orthanc, {source.SOPInstanceUID})
+    finally:
+        gateway.stop()
+        orthanc.stop()
+    assert len(found) == 4 and sorted(results) == sorted([Comprehensive3DSRStorage, SegmentationStorage,
+                                                           SecondaryCaptureImageStorage])
+    assert read_sr(results[Comprehensive3DSRStorage][0])["image"] == source.SOPInstanceUID
+
+
 def test_non_chest_and_unreadable_studies_get_no_false_result(pacs_and_gateway, test_rows):
     orthanc, gateway = pacs_and_gateway
     ct = make_dicom(decode_image(test_rows[0].image.read_bytes()).pixels, modality="CT")
