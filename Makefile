@@ -74,7 +74,7 @@ train-seg: setup
 	mkdir -p runs && cp weights/lung_resunet18.pt runs/lung_resunet18_stage1.pt
 	$(PY) -m training.train_segmenter --config training/configs/lung_resunet18_stage2.yaml --ship
 train-cls: setup
-	$(PY) -m training.train_classifier --config training/configs/mobilenetv2_mdconv_ma.yaml --ship
+	$(PY) -m training.train_classifier --config training/configs/mobilenetv2_mdconv.yaml --ship
 train-cascade: setup
 	$(PY) -m training.train_cascade --config training/configs/seme_densenet169.yaml --ship
 

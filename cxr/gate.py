@@ -3,8 +3,9 @@
 Built only from what the served models already compute, so it costs about a millisecond per image:
 
 - the lung mask: a frontal CXR has two lung-shaped components side by side, of similar size, taller than
-  wide, solid, in the middle band of the image; a photograph, a document or a knee gives fragments, one
-  blob, or shapes in the wrong places; a 90-degree rotation stacks the lungs;
+  wide, solid, in the middle band of the image, further apart at the bases than at the apices (the heart
+  lies between them below); a photograph, a document or a knee gives fragments, one blob, or shapes in the
+  wrong places; a 90-degree rotation stacks the lungs, an upside-down film puts the wide gap on top;
 - the image inside and around the lungs: lungs are darker than the mediastinum and the soft tissue beside
   them (air attenuates least), and the abdomen below them is brighter than the neck above; a photometrically
   inverted or upside-down film breaks these;
@@ -48,6 +49,7 @@ FEATURES = {
     "below_above": "brightness below the lungs minus above them",
     "energy": "classifier energy, logsumexp of the logits",
     "grey_entropy": "spread of grey levels (histogram entropy)",
+    "heart_gap": "log of the gap between the lungs near the bases / near the apices (the heart widens it below)",
 }
 GREY_BINS = 32
 NAMES = tuple(FEATURES)
@@ -66,7 +68,7 @@ def features(mask: np.ndarray, raw_mask: np.ndarray, unit_image: np.ndarray, log
     lungs = (mask > 0).astype(np.uint8)
     raw = (raw_mask > 0).astype(np.uint8)
     # one pass each (OpenCV, 4-connected like scipy.ndimage.label): areas, boxes and centres of the components
-    count, _, stats, centres = cv2.connectedComponentsWithStats(lungs, connectivity=4)
+    count, labels, stats, centres = cv2.connectedComponentsWithStats(lungs, connectivity=4)
     raw_count = cv2.connectedComponents(raw, connectivity=4)[0] - 1
     count, stats, centres = count - 1, stats[1:], centres[1:]
     areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
@@ -86,6 +88,7 @@ def features(mask: np.ndarray, raw_mask: np.ndarray, unit_image: np.ndarray, log
         (x0, y0), (x1, y1) = centres[:2]
         values["lung_balance"] = float(areas[:2].min() / areas[:2].max())
         values["side_by_side"] = float(np.log((abs(x1 - x0) + 1) / (abs(y1 - y0) + 1)))
+        values["heart_gap"] = _heart_gap(labels, (1, 2) if x0 <= x1 else (2, 1))
     values["centre_x"] = float((centres[:, 0] * areas).sum() / areas.sum() / w)
     values["centre_y"] = float((centres[:, 1] * areas).sum() / areas.sum() / h)
     values["lung_height"] = float((bottom - top) / h)
@@ -107,6 +110,20 @@ def features(mask: np.ndarray, raw_mask: np.ndarray, unit_image: np.ndarray, log
     if around.any():
         values["lung_contrast"] = float(unit_image[around].mean() - unit_image[inside].mean())
     return np.array([values[n] for n in NAMES], dtype=np.float64)
+
+
+def _heart_gap(labels: np.ndarray, left_right: tuple[int, int]) -> float:
+    """``log((gap + 1) / (gap + 1))`` of the horizontal gap between the two lungs, mean over the lowest quarter
+    of the rows where both are present over the highest quarter (0 when they share fewer than 8 rows)."""
+    left, right = (labels == left_right[0]), (labels == left_right[1])
+    both = left.any(axis=1) & right.any(axis=1)
+    if both.sum() < 8:
+        return 0.0
+    left, right = left[both], right[both]
+    inner_left = left.shape[1] - 1 - np.argmax(left[:, ::-1], axis=1)  # the left lung's rightmost pixel per row
+    gap = np.argmax(right, axis=1) - inner_left  # negative where the lungs overlap in x (a turned film)
+    quarter = max(len(gap) // 4, 1)
+    return float(np.log((max(gap[-quarter:].mean(), 0) + 1) / (max(gap[:quarter].mean(), 0) + 1)))
 
 
 def grey_entropy(unit_image: np.ndarray) -> float:

@@ -3,8 +3,8 @@
     cxr explain FILE --method gradcam|lime --out overlay.png [--target LABEL]
 
 The image goes through the served preprocessing (``cxr.preprocess``) and the shipped models in PyTorch: the
-segmenter gives the lung mask, which the mask-attention classifier needs. Grad-CAM is taken on the output
-of the last convolution stage (``conv_head`` -> ``bn2`` + activation, the features the head pools); for this
+segmenter gives the lung mask (a mask-attention classifier takes it; the served one ignores it). Grad-CAM is
+taken on the output of the last convolution stage (``conv_head`` -> ``bn2`` + activation, the features the head pools); for this
 GAP + linear head it equals the served class-activation map up to ReLU, scale and upsampling (a test checks). LIME perturbs SLIC superpixels of the letterboxed image with the lung mask
 held fixed, and outlines the superpixels that support the class most.
 """

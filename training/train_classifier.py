@@ -1,6 +1,6 @@
 """Train the mask-attention classifier on lung masks predicted by the shipped segmenter.
 
-    python -m training.train_classifier --config training/configs/mobilenetv2_mdconv_ma.yaml [--ship]
+    python -m training.train_classifier --config training/configs/mobilenetv2_mdconv.yaml [--ship]
         [--manifest A --manifest B] [--resume runs/cls-...]
 
 The classifier sees exactly what it sees when served: images from :mod:`cxr.preprocess` and the
@@ -168,7 +168,7 @@ def train_epoch(trainer: Trainer, loader: DataLoader, cfg: dict, generator: torc
 
 
 def main(argv: list[str] | None = None) -> dict:
-    run = start_run("cls", __doc__, "training/configs/mobilenetv2_mdconv_ma.yaml", argv, resumable=True)
+    run = start_run("cls", __doc__, "training/configs/mobilenetv2_mdconv.yaml", argv, resumable=True)
     args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
     # Other registered classifiers (``cxr report``) train with the same recipe, optionally at another size.
     spec = experiment_spec(CLASSIFIER, cfg)

@@ -38,6 +38,20 @@ def test_features_tell_lungs_side_by_side_from_stacked_and_dark_from_bright():
     assert upright["energy"] == pytest.approx(np.log(np.exp(3.0) + 4))
 
 
+def test_the_gap_between_the_lungs_is_wider_at_the_bases_than_upside_down():
+    """The heart lies between the lungs below: the gap widens towards the bases, and narrows on an upside-down film."""
+    mask = np.zeros((256, 256), np.uint8)
+    for y in range(40, 216):
+        spread = int(30 * (y - 40) / 176)  # the gap grows from 20 px at the apices to 80 px at the bases
+        mask[y, 40 : 118 - spread] = 1
+        mask[y, 138 + spread : 216] = 1
+    image = np.where(mask > 0, 0.3, 0.7).astype(np.float32)
+    upright = dict(zip(NAMES, _vector(mask, image)))["heart_gap"]
+    upside_down = dict(zip(NAMES, _vector(np.flipud(mask).copy(), np.flipud(image).copy())))["heart_gap"]
+    assert upright > 0.8 and upside_down < -0.8
+    assert dict(zip(NAMES, _vector(*_lungs())))["heart_gap"] == pytest.approx(0.0, abs=0.05)  # symmetric ellipses
+
+
 def test_no_lungs_found_gives_a_vector_not_an_error():
     empty = np.zeros((256, 256), np.uint8)
     vector = _vector(empty, np.full((256, 256), 0.5, np.float32))

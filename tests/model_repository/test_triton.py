@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 from client.grpc_client import TriageClient
 from client.local_pipeline import LocalPipeline
 from cxr.labels import LABELS, UNTRAINED
-from cxr.specs import MODEL_SPECS
+from cxr.specs import CLASSIFIER, CLS_MASK, MODEL_SPECS
 from tests.corpus import CASES
 from tests.images import png_bytes
 
@@ -88,6 +88,11 @@ def _tensor(name: str, array: np.ndarray, datatype: str | None = None) -> grpccl
 
 _IMAGE = np.zeros((1, 1, 256, 256), np.float32)
 # (case, model, inputs, expected error): what a raw tritonclient can send wrong, below the image level
+def _classifier_rest() -> list:
+    """The classifier's inputs after the image: the lung mask, if it takes one."""
+    return [_tensor(t.name, _IMAGE) for t in CLASSIFIER.inputs[1:]]
+
+
 RAW_TENSOR_CASES = [
     ("fp32-instead-of-bytes", "cxr_triage", lambda: [_tensor("image_bytes", np.zeros((1, 1), np.float32))],
      "data-type is 'FP32', but model 'cxr_triage' expects 'BYTES'"),
@@ -104,10 +109,12 @@ RAW_TENSOR_CASES = [
      "Expected [-1,1,256,256], got [1,1,100,100]"),
     ("int64-image", "lung_segmentation", lambda: [_tensor("seg_image", _IMAGE.astype(np.int64))],
      "data-type is 'INT64', but model 'lung_segmentation' expects 'FP32'"),
-    ("nan-image", "cxr_classifier", lambda: [_tensor("cls_image", np.full_like(_IMAGE, np.nan)), _tensor("lung_mask", _IMAGE)],
+    ("nan-image", "cxr_classifier", lambda: [_tensor("cls_image", np.full_like(_IMAGE, np.nan)), *_classifier_rest()],
      "input 'cls_image' has non-finite values (NaN or Inf)"),
+    # a mask-attention classifier refuses a non-finite mask; one without (the served one) refuses any mask
     ("inf-mask", "cxr_classifier", lambda: [_tensor("cls_image", _IMAGE), _tensor("lung_mask", np.full_like(_IMAGE, np.inf))],
-     "input 'lung_mask' has non-finite values (NaN or Inf)"),
+     "input 'lung_mask' has non-finite values (NaN or Inf)" if CLS_MASK in CLASSIFIER.inputs
+     else "expected 1 inputs but got 2 inputs for model 'cxr_classifier'"),
     ("inf-image", "lung_segmentation", lambda: [_tensor("seg_image", np.full_like(_IMAGE, -np.inf))],
      "input 'seg_image' has non-finite values (NaN or Inf)"),
 ]
@@ -119,7 +126,7 @@ def test_wrong_tensors_from_a_raw_tritonclient_are_refused(triton, client, xray_
     raw = grpcclient.InferenceServerClient(triton.grpc_url)
     good_inputs = {"cxr_triage": lambda: [_tensor("image_bytes", np.array([[xray_jpeg]], dtype=object))],
                    "lung_segmentation": lambda: [_tensor("seg_image", _IMAGE)],
-                   "cxr_classifier": lambda: [_tensor("cls_image", _IMAGE), _tensor("lung_mask", _IMAGE)]}[model]
+                   "cxr_classifier": lambda: [_tensor("cls_image", _IMAGE), *_classifier_rest()]}[model]
     with ThreadPoolExecutor(2) as pool:
         good = pool.submit(raw.infer, model, good_inputs())
         with pytest.raises(InferenceServerException) as refused:

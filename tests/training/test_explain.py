@@ -42,7 +42,11 @@ def test_gradcam_equals_the_served_class_activation_map(models, covid_jpeg):
     corr = np.corrcoef(served.numpy().ravel(), result.heatmap.ravel())[0, 1]
     assert corr >= 0.95, corr
     lungs = mask[0, 0].numpy() > 0
-    assert result.heatmap[lungs].sum() / result.heatmap.sum() >= 0.6  # mask attention keeps it on the lungs
+    # The served classifier has no mask attention (it did not help accuracy: README "Classifier"), so its evidence
+    # is not confined to the lungs (with mask attention >= 60 % of this map lay on them); it still weighs the lungs
+    # above their share of the frame.
+    share = result.heatmap[lungs].sum() / result.heatmap.sum()
+    assert share > lungs.mean(), (share, lungs.mean())
 
 
 def test_lime_outlines_supporting_superpixels(models, covid_jpeg):

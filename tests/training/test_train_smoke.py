@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cxr.specs import CLASSIFIER
+
 pytestmark = pytest.mark.slow
 
 
@@ -99,7 +101,7 @@ def test_classifier_stopped_mid_run_resumes_from_its_checkpoint(data_dir, tmp_pa
     assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["history"][0] == first[0]
     assert set(metrics["test"]["by_cohort"]) <= {"cohen", "kermany", "kermany224"}
     model = create_model(metrics["model"], num_classes=5)
-    assert load_weights(model, run / "mobilenetv2_mdconv_ma.pt")["temperature"] == metrics["temperature"]
+    assert load_weights(model, run / CLASSIFIER.weights)["temperature"] == metrics["temperature"]
 
 
 def test_cascade_stage2_smoke(data_dir):
