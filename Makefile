@@ -41,7 +41,7 @@ repository: setup
 	$(PY) -m export.build_repository --out $(REPOSITORY)
 
 demo: repository
-	$(PY) -m client.demo --repository $(REPOSITORY)
+	$(PY) -m cli.demo --repository $(REPOSITORY)
 
 test: repository
 	$(PY) -m pytest -q -rs

@@ -22,8 +22,8 @@ from cxr.pixels import ImageError
 from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION
 from cxr.triage import Thresholds
-from export.onnx import serving_graph
 from training.common import REPO
+from training.serving_graph import serving_graph
 
 THRESHOLDS = REPO / "configs" / "triage_thresholds.json"
 

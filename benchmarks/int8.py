@@ -16,7 +16,9 @@ from pathlib import Path
 
 from benchmarks import raw as raw_bench
 from benchmarks.images import benchmark_images
+from client.evaluate import evaluate
 from cxr.cpu import cpu_line, describe_cpu
+from training.data.manifest import DEFAULT_MANIFEST
 
 GOAL_SPEEDUP, GOAL_MAX_LOSS = 1.5, 0.01
 
@@ -28,7 +30,6 @@ def scores(report: dict) -> dict[str, float]:
 
 def measure(manifest: str) -> dict:
     from benchmarks.run import ensure_repository
-    from client.evaluate import evaluate
 
     blobs = benchmark_images(manifest)
     result = {}
@@ -55,8 +56,6 @@ def measure(manifest: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from training.data.manifest import DEFAULT_MANIFEST
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="build/int8", help="where int8_results.json goes")
     parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))

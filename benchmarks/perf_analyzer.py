@@ -3,7 +3,6 @@
     python -m benchmarks.perf_analyzer [--concurrency 1 4 16 64] [--json]
 
 Load testers who already use perf_analyzer can point it at the service the same way:
-
     build/tools/perf_analyzer -m cxr_triage -u localhost:8001 -i grpc \\
         --input-data build/bench/perf_analyzer_input.json --concurrency-range 16 \\
         --measurement-mode count_windows --measurement-request-count 64
@@ -31,7 +30,10 @@ from pathlib import Path
 
 from benchmarks.images import benchmark_images
 from benchmarks.load import requests_for, run_load
+from client.grpc_client import TriageClient
 from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
+from ops.ports import free_port
+from ops.server import TritonServer, pytriton_root
 
 TOOLS = Path("build/tools")
 WHEEL = "tritonclient==2.41.0"
@@ -40,7 +42,6 @@ AGREEMENT = 0.15
 
 def setup_tools(tools: Path = TOOLS) -> Path:
     """``tools/perf_analyzer`` (extracted once) plus ``tools/lib`` with the libraries it loads."""
-    from cxr.server import pytriton_root
 
     binary = tools / "perf_analyzer"
     libs = tools / "lib"
@@ -94,8 +95,6 @@ def run_perf_analyzer(binary: Path, url: str, input_data: Path, concurrency: int
 
 def compare(concurrency=(1, 4, 16, 64), repository: str = "build/model_repository", out: Path = Path("build/bench")) -> list[dict]:
     """perf_analyzer and our load generator, each level back to back on the same server."""
-    from client.grpc_client import TriageClient
-    from cxr.server import TritonServer, free_port
 
     binary = setup_tools()
     blobs = benchmark_images()

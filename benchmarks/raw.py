@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from client.local_pipeline import LocalPipeline
+from cxr.pipeline import LocalPipeline
 from cxr.gate import batch_features
 from cxr.lungmask import postprocess_mask
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION

@@ -3,7 +3,6 @@
     cxr bench [--json] [--out build/bench]      (same as: python -m benchmarks.run)
 
 For each repository profile (``cpu`` = FP32, ``cpu-int8`` = the INT8 graphs; built if missing):
-
 1. ``raw``: the pipeline's code and ONNX files back-to-back in this process (:mod:`benchmarks.raw`).
 2. ``served``: the ``cxr_triage`` ensemble in Triton over gRPC at concurrency 1, 4, 16, 64, with
    Triton's per-step queue/compute statistics for each level.
@@ -31,9 +30,13 @@ from typing import Callable
 
 from benchmarks import raw as raw_bench
 from benchmarks.images import benchmark_images
-from cxr.cpu import cpu_line, describe_cpu
 from benchmarks.load import requests_for, run_load
 from benchmarks.triton_stats import breakdown, snapshot
+from client.grpc_client import TriageClient
+from cxr.cpu import cpu_line, describe_cpu
+from export.build_repository import build_repository
+from ops.ports import free_port
+from ops.server import TritonServer
 
 CONCURRENCY = (1, 4, 16, 64)
 PROFILES = {"cpu": "build/model_repository", "cpu-int8": "build/model_repository_int8"}
@@ -43,7 +46,6 @@ GOALS = {"efficiency": 0.90, "vs_baseline": 3.0, "p99_over_p50_c1": 1.3}
 
 def ensure_repository(profile: str) -> str:
     """The repository of ``profile``, built from the shipped weights if it is not there yet."""
-    from export.build_repository import build_repository
 
     repository = PROFILES[profile]
     build_repository(repository, profile)  # cheap when up to date: exports are cached by weights hash
@@ -65,7 +67,6 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
     ``shared_memory="system"``: the client passes images through POSIX shared memory (co-located client).
     ``say`` gets one line per finished load level (progress).
     """
-    from client.grpc_client import TriageClient
 
     def levels(grpc_url: str, admin_key: str | None) -> list[dict]:
         client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"), shared_memory=shared_memory,
@@ -83,7 +84,6 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
 
     if url:
         return levels(url, os.environ.get("CXR_ADMIN_KEY"))
-    from cxr.server import TritonServer, free_port
 
     with TritonServer(repository, free_port(), free_port(), free_port()) as server:
         return levels(server.grpc_url, server.admin_key)
@@ -92,7 +92,6 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
 def measure_baseline(blobs: list[bytes], concurrency=BASELINE_CONCURRENCY, startup_s: float = 120.0,
                      say: Callable[[str], None] = _quiet) -> list[dict]:
     """Start the Flask baseline in a subprocess and drive it with the same load generator."""
-    from cxr.server import free_port
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port)],

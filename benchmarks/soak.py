@@ -27,6 +27,10 @@ import numpy as np
 
 from benchmarks.images import benchmark_images
 from benchmarks.run import PROFILES, ensure_repository
+from client.grpc_client import TriageClient
+from ops.ports import free_port
+from ops.server import TritonServer
+from ops.watchdog import stub_instance
 
 GOALS = {"errors": 0, "memory_growth": 0.05}
 
@@ -36,8 +40,6 @@ def server_memory(pid: int) -> dict[str, float]:
     count the shared-memory regions once per process that maps them), ``pss`` (proportional set size: shared
     pages split between their users, so the sum is the real total) and ``pss`` per process (``by_process``)."""
     import psutil
-
-    from cxr.server import stub_instance
 
     rss, pss, by_process = 0, 0, {}
     try:
@@ -83,7 +85,6 @@ class Recorder:
 def soak(grpc_url: str, server_pid: int, blobs: list[bytes], duration_s: float, concurrency: int,
          window_s: float = 10.0, warmup_s: float = 30.0, log=print) -> dict:
     """Run the soak against a running server; returns the summary and the per-window rows."""
-    from client.grpc_client import TriageClient
 
     client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"))
     recorder, stop = Recorder(), threading.Event()
@@ -176,8 +177,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="build/soak")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-
-    from cxr.server import TritonServer, free_port
 
     repository = ensure_repository(args.profile)
     blobs = benchmark_images()

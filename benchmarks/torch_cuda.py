@@ -2,7 +2,7 @@
 
     python -m benchmarks.torch_cuda [--batch 1 8 32 128] [--json PATH]
 
-Each served graph (``export.onnx.serving_graph``: segmenter, MA classifier, COVID stage 2, shipped weights)
+Each served graph (``training.serving_graph.serving_graph``: segmenter, MA classifier, COVID stage 2, shipped weights)
 runs in eval mode, channels_last, on real test-split images prepared by the serving code
 (``cxr.preprocess.prepare_bytes``). Per batch size, CUDA events time ``iters`` back-to-back calls after a
 warm-up; the median of five such repeats is kept. FP16 casts module and inputs (``.half()``), and its answers
@@ -23,6 +23,7 @@ import torch
 
 from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION, ModelSpec
+from training.serving_graph import serving_graph
 
 SPECS = (LUNG_SEGMENTATION, CLASSIFIER, COVID_STAGE2)
 
@@ -34,8 +35,6 @@ def real_inputs(blobs: list[bytes], count: int, device: torch.device) -> dict[st
 
 
 def graph_on(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    from export.onnx import serving_graph
-
     return serving_graph(spec).to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
 

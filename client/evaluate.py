@@ -2,14 +2,9 @@
 
     cxr evaluate [--manifest A --manifest B] [--split test] [--url HOST:PORT] [--json]
 
-On a split of one or more CSVs in the shared manifest's format: the pooled report (accuracy, macro-F1 over
-the labels present, per-class P/R/F1/AUC, confusion matrix, normal-vs-abnormal AUC, ECE over 15 bins) with
-bootstrap 95 % intervals (1,000 resamples of whole patients), the same per cohort (``cohen``, ``kermany``,
-``kermany224``: the sources differ in population and framing), and lung-mask IoU/Dice where rows have
-masks (a manifest without masks is valid: it scores the classifier alone). Masks are compared in the
-letterboxed network frame after MANet post-processing, exactly what the service returns. ``gate``: the share
-of these real CXRs the safety gate accepts (flagged included), per cohort; a refused study is left out of the
-classifier's numbers, as the service would have given it no answer.
+The report is :func:`training.evaluation.evaluate`'s (pooled and per cohort, with patient-bootstrap 95 %
+intervals; segmentation where rows have masks; the safety gate's acceptance). Here: where the predictions come
+from (the served ensemble over gRPC with ``--url``, else the repository's ONNX files in-process) and the printout.
 """
 from __future__ import annotations
 
@@ -21,25 +16,19 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from cxr.labels import LABELS, label_index
-from cxr.lungmask import read_mask
+from client.grpc_client import TriageClient
+from cxr.labels import LABELS
 from cxr.pixels import NOT_FRONTAL_CHEST
 from cxr.triage import gate_decision
-from cxr.specs import LUNG_SEGMENTATION
-from training.data.manifest import Record, read_split
-from training.metrics import (bootstrap_intervals, calibration_bins, classification_report, headline,
-                              segmentation_report)
+from training.data.manifest import Record
+from training.evaluation import Predict, Predictions
+from training.evaluation import evaluate as evaluate_with
 
 
-def _predict(records: list[Record], url: str | None, repository, batch_size: int, onnx_files,
-             progress: bool = False) -> tuple[list, list, list, list]:
-    """Probabilities (NaN where refused), post-processed masks, errors and the safety gate's decision
-    (``accept`` / ``flag`` / ``refuse``, ``error`` for any other refusal), in ``records`` order."""
-    probs, masks, errors, decisions = [], [], [], []
-    bar = tqdm(total=len(records), desc="evaluate", unit="img", leave=False, disable=not progress)
-    if url:
-        from client.grpc_client import TriageClient
-
+def grpc_predictions(url: str) -> Predict:
+    """Predictions of the served ensemble at ``url`` (what a PACS integration gets back)."""
+    def predict(records: list[Record], bar: tqdm) -> Predictions:
+        probs, masks, errors, decisions = [], [], [], []
         client = TriageClient(url, outputs=("probabilities", "lung_mask", "triage"))
         for out in client.triage_many(((str(r.image), r.image) for r in records), concurrency=8):
             bar.update()
@@ -52,74 +41,20 @@ def _predict(records: list[Record], url: str | None, repository, batch_size: int
             probs.append(out.arrays["probabilities"][0])
             masks.append(out.arrays["lung_mask"][0, 0])
             decisions.append(gate_decision(out.triage))
-    else:
-        from client.local_pipeline import LocalPipeline
+        return probs, masks, errors, decisions
 
-        pipeline = LocalPipeline(repository, onnx_files=onnx_files)
-        for start in range(0, len(records), batch_size):
-            chunk = records[start : start + batch_size]
-            bar.update(len(chunk))
-            for record, res in zip(chunk, pipeline.run_batch([r.image.read_bytes() for r in chunk])):
-                if res.refused:  # as the served ensemble would answer this request
-                    errors.append({"file": str(record.image), "error": f"bad image: {res.refused}"})
-                    probs.append(np.full(len(LABELS), np.nan))
-                    masks.append(None)
-                    decisions.append("refuse")
-                    continue
-                probs.append(res.probabilities)
-                masks.append(res.lung_mask)
-                decisions.append(gate_decision(res.triage))
-    bar.close()
-    return probs, masks, errors, decisions
-
-
-def gate_report(decisions: Sequence[str]) -> dict:
-    """Share of real CXRs the safety gate accepts (flagged ones are accepted, at least ``expedited``)."""
-    decisions = list(decisions)
-    n = len(decisions)
-    counts = {d: decisions.count(d) for d in ("accept", "flag", "refuse", "error")}
-    return {"n": n, **counts, "accepted": (counts["accept"] + counts["flag"]) / n if n else None,
-            "flagged": counts["flag"] / n if n else None, "refused": counts["refuse"] / n if n else None}
-
-
-def scored(y_true: Sequence[int], probs: np.ndarray, patients: Sequence[str], resamples: int = 1000) -> dict:
-    """Classification report, headline numbers and their patient-bootstrap intervals, reliability bins."""
-    report = classification_report(y_true, probs, LABELS)
-    report.update(headline(y_true, probs))
-    report["intervals"] = bootstrap_intervals(y_true, probs, patients, resamples)
-    report["reliability"] = calibration_bins(y_true, probs)["bins"]
-    return report
+    return predict
 
 
 def evaluate(manifest: str | Path | Sequence[str | Path], split: str | None = "test", url: str | None = None,
-             repository: str | Path = "build/model_repository", batch_size: int = 8,
-             onnx_files: dict[str, str | Path] | None = None, resamples: int = 1000, progress: bool = False) -> dict:
+             repository: str | Path = "build/model_repository", onnx_files: dict[str, str | Path] | None = None,
+             resamples: int = 1000, progress: bool = False) -> dict:
     """Evaluate via ``url`` (served ensemble over gRPC) or, if ``url`` is None, via the ONNX files the
-    repository serves (``model.int8.onnx`` in a ``cpu-int8`` repository), or ``onnx_files`` in their place
-    (``{role: path}``: a candidate version, for the release gates). ``manifest``: one path or several.
-    ``progress``: a progress bar on stderr."""
-    manifests = [Path(manifest)] if isinstance(manifest, (str, Path)) else [Path(m) for m in manifest]
-    records = read_split(manifests, split)
-    probs, masks, errors, decisions = _predict(records, url, repository, batch_size, onnx_files, progress)
-    ok = [i for i, p in enumerate(probs) if not np.isnan(p).any()]
-    seg_pairs = [(masks[i], read_mask(records[i].mask, LUNG_SEGMENTATION.input_size)) for i in ok if records[i].mask]
-    y = np.array([label_index(records[i].label) for i in ok])
-    p = np.stack([probs[i] for i in ok])
-    patients = np.array([records[i].patient_id or str(records[i].image) for i in ok])
-    cohorts = np.array([records[i].cohort for i in ok])
-    return {
-        "manifest": ", ".join(map(str, manifests)),
-        "split": split,
-        "via": f"triton grpc {url}" if url else f"onnxruntime {repository}",
-        "segmentation": segmentation_report([a for a, _ in seg_pairs], [t for _, t in seg_pairs]),
-        "classification": scored(y, p, patients, resamples),
-        "by_cohort": {c: scored(y[cohorts == c], p[cohorts == c], patients[cohorts == c], resamples)
-                      for c in sorted(set(cohorts.tolist()))},
-        "gate": {"pooled": gate_report(decisions),
-                 **{c: gate_report([d for d, r in zip(decisions, records) if r.cohort == c])
-                    for c in sorted({r.cohort for r in records})}},
-        "errors": errors,
-    }
+    repository serves, or ``onnx_files`` in their place (see :func:`training.evaluation.evaluate`)."""
+    if url:
+        return evaluate_with(manifest, split, resamples=resamples, progress=progress, predict=grpc_predictions(url),
+                             via=f"triton grpc {url}")
+    return evaluate_with(manifest, split, repository, onnx_files, resamples, progress)
 
 
 def _interval(report: dict, key: str) -> str:

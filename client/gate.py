@@ -26,9 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
+from client.thresholds import SHIPPED, next_version, shared_name
 from cxr.gate import NAMES, Detector, Gate, batch_features
 from cxr.lungmask import postprocess_mask
-from training.data.manifest import Record, evenly, read_split
+from cxr.pipeline import LocalPipeline
+from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
+from cxr.triage import Thresholds, gate_decision
+from export.release import publish_thresholds
+from training.data.manifest import DEFAULT_MANIFEST, KERMANY224_MANIFEST, Record, evenly, read_split, resolve_manifest
+from training.data.negatives import REPORTED_APART, corpus, turned_cxrs
+from training.evaluation import gate_report
+from training.model_card import rewrite_block
 
 REPO = Path(__file__).resolve().parents[1]
 REFUSE_QUANTILE, FLAG_QUANTILE = 0.995, 0.95
@@ -51,7 +59,6 @@ def features_of(pipeline, blobs: list[bytes], batch: int = 8, desc: str = "gate 
 
 def turned_blobs(records: list[Record]) -> list[bytes]:
     """Each record's image turned by one of :data:`TURNED`, in turn."""
-    from training.data.negatives import turned_cxrs
 
     return [data for i, kind in enumerate(TURNED) for _, data in turned_cxrs(records[i :: len(TURNED)], kind)]
 
@@ -106,17 +113,13 @@ def fit_gate(train: np.ndarray, turned: np.ndarray, val: np.ndarray, val_sources
 
 
 def acceptance(gate: Gate, vectors: np.ndarray, sources: list[str]) -> dict[str, dict]:
-    """Per source: :func:`client.evaluate.gate_report` of the gate's decisions (shares accepted, flagged, refused)."""
-    from client.evaluate import gate_report
-
+    """Per source: :func:`training.evaluation.gate_report` of the gate's decisions (shares accepted, flagged, refused)."""
     decisions = [gate.judge(v).decision for v in vectors]
     return {source: gate_report([d for d, s in zip(decisions, sources) if s == source]) for source in sorted(set(sources))}
 
 
 def negatives_report(pipeline, test: list[Record]) -> dict[str, dict]:
     """Per negative kind: images, and the share refused, flagged, and triaged ``routine`` (the failure)."""
-    from cxr.triage import gate_decision
-    from training.data.negatives import corpus
 
     by_kind: dict[str, list[tuple[str, bytes]]] = {}
     for kind, name, data in corpus(test):
@@ -136,13 +139,6 @@ def negatives_report(pipeline, test: list[Record]) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from client.local_pipeline import LocalPipeline
-    from client.thresholds import SHIPPED, _shared_name, next_version
-    from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
-    from cxr.triage import Thresholds
-    from training.data.manifest import KERMANY224_MANIFEST, DEFAULT_MANIFEST, resolve_manifest
-    from training.data.negatives import REPORTED_APART
-
     parser = argparse.ArgumentParser(prog="cxr thresholds gate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", action="append", help="manifest CSV (repeat; default: both shared sets)")
@@ -164,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     pipeline = LocalPipeline(args.repository)
     splits = {split: read_split(manifests, split) for split in ("train", "val", "test")}
     built = json.loads((Path(args.repository) / "build.json").read_text())["models"]
-    key = json.dumps([{role: m["weights_sha256"] for role, m in built.items()}, [_shared_name(m) for m in manifests],
+    key = json.dumps([{role: m["weights_sha256"] for role, m in built.items()}, [shared_name(m) for m in manifests],
                       args.turned, list(NAMES)])
     saved = np.load(args.features) if args.features and Path(args.features).exists() else None
     if saved is not None and "key" in saved.files and str(saved["key"]) == key:  # same weights, data and sample
@@ -183,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     raw = {**base_raw, "version": version, "quality": {**gate.to_dict(), "fitted_for": fitted_for},
            "description": base_raw.get("description", "") + f" Safety gate fitted by `cxr thresholds gate` ({version})."}
     pipeline.thresholds = Thresholds.from_dict(raw)
-    report = {"version": version, "manifests": [_shared_name(m) for m in manifests],
+    report = {"version": version, "manifests": [shared_name(m) for m in manifests],
               "n": {split: len(records) for split, records in splits.items()}, "turned_for_fit": len(turned),
               "thresholds": {d.name: {"flag_at": d.flag_at, "refuse_at": d.refuse_at} for d in gate.detectors},
               "real": {split: acceptance(gate, vectors[split], sources[split]) for split in ("val", "test")},
@@ -198,8 +194,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.readme:
         _write_table(report, args.readme)
     if args.publish:
-        from export.release import publish_thresholds
-
         print(f"release {publish_thresholds(args.repository, out)} published (cxr models promote)")
     return report
 
@@ -223,8 +217,6 @@ def markdown(report: dict) -> str:
 
 
 def _write_table(report: dict, readme: str) -> dict:
-    from training.model_card import rewrite_block
-
     rewrite_block(Path(readme), "gate", markdown(report))
     print(f"{readme}: gate block rewritten")
     return report

@@ -21,6 +21,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
+from cxr.admin_key import GRPC_ADMIN_HEADER
 from cxr.labels import reported_probabilities
 from cxr.pixels import MAX_BYTES, ImageError, check_encoded_size
 from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
@@ -28,7 +29,7 @@ from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
 DEFAULT_OUTPUTS = ("label", "triage", "lung_fraction", "probabilities")
 MAX_MESSAGE_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, plus the rest of the message
 # Errors worth retrying: the server is unreachable or restarting, or a model instance's stub died and is
-# being reloaded (cxr.server.StubWatchdog). Inference is a pure function of the image, so a retry is safe.
+# being reloaded (ops.watchdog.StubWatchdog). Inference is a pure function of the image, so a retry is safe.
 TRANSIENT = ("UNAVAILABLE", "failed to connect", "Socket closed", "Connection refused", "Connection reset",
              "is not healthy", "is not ready", "Request for unknown model")
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
@@ -146,8 +147,6 @@ class TriageClient:
                  outputs: tuple[str, ...] = DEFAULT_OUTPUTS, shared_memory: str | None = None,
                  admin_key: str | None = None, tls: dict[str, str] | None = None, retries: int = 5,
                  backoff_s: float = 0.25) -> None:
-        from cxr.server import GRPC_ADMIN_HEADER
-
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         self.client = grpcclient.InferenceServerClient(url=url, channel_args=options, ssl=tls is not None, **(tls or {}))
         self.admin_headers = {GRPC_ADMIN_HEADER: admin_key} if admin_key else None

@@ -27,9 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.cascade import stage2_input
+from cxr.gate import batch_features
 from cxr.labels import LABELS, UNTRAINED
+from cxr.lungmask import lung_fraction, postprocess_mask
+from cxr.pipeline import LocalPipeline
+from cxr.release_record import serving_pins
 from cxr.triage import PRIORITIES, Thresholds, needs_stage2, triage, with_stage2
-from training.data.manifest import Record, read_split
+from export.release import publish_thresholds
+from training.data.manifest import DATA_ROOT, DEFAULT_MANIFEST, Record, read_split, resolve_manifest
 from training.metrics import group_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,11 +54,6 @@ class Scored:
 
 
 def score(manifests: list[Path], split: str, repository: str | Path, batch: int = 8) -> Scored:
-    from client.local_pipeline import LocalPipeline
-    from cxr.cascade import stage2_input
-    from cxr.gate import batch_features
-    from cxr.lungmask import lung_fraction, postprocess_mask
-
     records = read_split(manifests, split)
     pipeline = LocalPipeline(repository)
     probs, fractions, covid, features = [], [], [], []
@@ -170,9 +171,8 @@ def fit(base: Thresholds, scored: Scored, targets: dict[str, float]) -> Threshol
     return fitted
 
 
-def _shared_name(manifest: Path) -> str:
+def shared_name(manifest: Path) -> str:
     """A manifest as recorded: relative to the shared data folder when it lies there (portable), else as is."""
-    from training.data.manifest import DATA_ROOT
 
     try:
         return str(manifest.resolve().relative_to(DATA_ROOT.resolve()))
@@ -208,17 +208,11 @@ def print_report(title: str, report: dict, targets: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from training.data.manifest import DEFAULT_MANIFEST, resolve_manifest
-
-    argv = list(argv) if argv is not None else __import__("sys").argv[1:]
-    if argv[:1] == ["gate"]:  # its own parser (cxr thresholds gate --help)
-        from client.gate import main as fit_gate
-
-        return fit_gate(argv[1:])
     parser = argparse.ArgumentParser(prog="cxr thresholds", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("gate", add_help=False, help="fit the safety gate for the served models (cxr thresholds gate --help)")
+    sub.add_parser("gate", add_help=False, help="fit the safety gate for the served models (cxr thresholds gate --help; "
+                                                "client.gate)")
     fit_cmd = sub.add_parser("fit", help="fit thresholds to sensitivity targets on labelled data")
     fit_cmd.add_argument("--manifest", action="append", help="manifest CSV (repeat; default: the shared cxr set)")
     fit_cmd.add_argument("--split", default="val", help="the split the thresholds are fitted on")
@@ -241,13 +235,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.report_split != "none":
         reports[args.report_split] = operating_report(score(manifests, args.report_split, args.repository), fitted,
                                                       targets, args.resamples)
-    from export.release import serving_pins
 
     raw = {**base_raw, "version": version, "urgent": fitted.urgent, "expedited": fitted.expedited,
            "abnormal_expedited": fitted.abnormal_expedited,
            "description": base_raw.get("description", "") + f" Fitted by `cxr thresholds fit` ({version}).",
            "fitted": {"targets": targets, "from": base_raw["version"], "split": args.split,
-                      "manifests": [_shared_name(m) for m in manifests], "n": len(fitting.records),
+                      "manifests": [shared_name(m) for m in manifests], "n": len(fitting.records),
                       "repository_pins": serving_pins(args.repository),
                       "results": {split: {k: v for k, v in r.items()} for split, r in reports.items()}}}
     out = Path(args.out or REPO / "build" / "thresholds" / f"{version}.json")
@@ -259,8 +252,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"fitted: abnormal_expedited {fitted.abnormal_expedited}, urgent {fitted.urgent}, expedited {fitted.expedited}")
     print(f"wrote {out} (version {version})")
     if args.publish:
-        from export.release import publish_thresholds
-
         print(f"release {publish_thresholds(args.repository, out)} published (cxr models promote)")
     return raw
 

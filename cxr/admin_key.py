@@ -12,11 +12,16 @@ import os
 import secrets
 from pathlib import Path
 
+from cxr.errors import CxrError
+
 ENV = "CXR_ADMIN_KEY"
 FILE_NAME = "admin.key"
+ADMIN_HEADER = "cxr-admin-key"  # the HTTP header; Triton expects it on gRPC with the prefix below
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+RESTRICTED = ("model-repository", "shared-memory", "logging", "trace")  # the APIs the key unlocks
 
 
-class AdminKeyError(RuntimeError):
+class AdminKeyError(CxrError):
     """No admin key where the command looked."""
 
 

@@ -12,39 +12,24 @@ pydicom and onnxruntime). The build is release 1 of the repository (see :mod:`ex
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 
+from cxr.cpu import describe_cpu
 from cxr.labels import LABELS
+from cxr.release_record import STATE, VERSIONED, load_state, pins_of
 from cxr.specs import ENSEMBLE_NAME, MODEL_SPECS, PREPROCESS
-from export.pbtxt import ONNX_FILES, PROFILES, render, repository_configs
-from export.release import (STATE, VERSIONED, load_state, model_version_string, pins_of, save_state, write_configs,
-                            write_release)
+from cxr.model_config import render
+from export.pbtxt import INT8_ROLES, ONNX_FILES, PROFILES, repository_configs
+from export.release import model_version_string, save_state, write_configs, write_release
+from export.repository_files import ONNX_ADAPTER, install_python_model, sha256
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = REPO / "model_repository"
-ONNX_ADAPTER = "onnx_runtime"  # the python model that runs an ONNX graph with onnxruntime (cpu profiles)
 THRESHOLDS = REPO / "configs" / "triage_thresholds.json"
 ENGINE_SCRIPT = "build_engines.sh"
 WEIGHTS = REPO / "weights"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def install_python_model(source: str, version_dir: Path) -> None:
-    """Put ``model_repository/<source>/model.py`` and a copy of the ``cxr`` package into a python model's
-    version folder (the repository is self-contained: it runs on any Triton host without this checkout)."""
-    version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SOURCES / source / "model.py", version_dir / "model.py")
-    target = version_dir / "cxr"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(REPO / "cxr", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def _export(role: str, onnx_path: Path, weights: Path, digest: str, previous: dict) -> dict:
@@ -65,7 +50,6 @@ def _quantize(out: Path, calibration: int = 64) -> dict:
         Int8Refused: the INT8 answers on this host miss :data:`export.quantize.BOUNDS` against FP32 (the INT8
             graphs are removed again; the message names the CPU and its ISA class).
     """
-    from cxr.cpu import describe_cpu
     from export.quantize import CHECK_IMAGES, FORMAT, agreement, answers, calibration_blobs, quantize_repository
 
     paths = quantize_repository(out, out / ".int8", calibration_blobs(calibration))
@@ -95,8 +79,6 @@ class Int8Refused(RuntimeError):
 def _int8_current(out: Path, manifest: dict, previous: dict) -> bool:
     """The INT8 graphs on disk were quantized from the same weights (like the ONNX export cache), in today's
     format, and checked on a CPU of this host's ISA class."""
-    from cxr.cpu import describe_cpu
-    from export.pbtxt import INT8_ROLES
     from export.quantize import FORMAT
 
     record = previous.get("int8", {})
@@ -180,7 +162,7 @@ def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | P
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="cxr build-repository", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="build/model_repository")
     parser.add_argument("--profile", choices=PROFILES, default="cpu")
     parser.add_argument("--weights-dir", default=str(WEIGHTS))

@@ -13,67 +13,11 @@ import torch
 from torch import nn
 
 from cxr.specs import MODEL_SPECS, ModelSpec
-from training.common import WEIGHTS_DIR, load_weights
-from training.models import create_model
+from training.serving_graph import serving_graph
 
 LOGIT_ATOL = 1e-4  # logits and probabilities: absolute
 MAP_RTOL = 1e-3  # other float maps (the CAM sums 1280 channels): relative to the map's largest magnitude
 MASK_AGREEMENT = 0.999
-
-
-class SegmenterGraph(nn.Module):
-    """Served segmentation graph: ``seg_image (B,1,H,W)`` -> binary ``lung_mask (B,1,H,W)`` (logit > 0)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return (self.model(image) > 0).to(image.dtype)
-
-
-class ClassifierGraph(nn.Module):
-    """Served classifier graph: image (+ lung mask) -> ``logits``, ``probabilities``, class-activation ``cam``.
-
-    ``probabilities`` are calibrated: ``softmax(logits / temperature)``, with the temperature fitted on val at
-    training time (:mod:`training.calibration`, stored in the weights' metadata; 1.0 for weights without one).
-    ``logits`` stay the network's own.
-    """
-
-    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.model = model
-        self.temperature = float(temperature)
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(image, mask)  # a model without mask attention takes no mask
-        logits = self.model.forward_head(features)
-        return logits, torch.softmax(logits / self.temperature, dim=1), self.model.class_activation_map(features)
-
-
-class ProbabilityGraph(nn.Module):
-    """Served graph of a plain classifier (cascade stage 2): image -> ``logits``, ``probabilities``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(image)
-        return logits, torch.softmax(logits, dim=1)
-
-
-def serving_graph(spec: ModelSpec, weights: str | Path | None = None) -> nn.Module:
-    """The eval-mode module whose inputs/outputs are exactly ``spec.inputs``/``spec.outputs``."""
-    model = create_model(spec.name, **({"num_classes": len(spec.labels)} if spec.labels else {}))
-    meta = load_weights(model, weights or WEIGHTS_DIR / spec.weights)
-    if not spec.labels:
-        graph = SegmenterGraph(model)
-    elif any(t.name == "cam" for t in spec.outputs):
-        graph = ClassifierGraph(model, meta.get("temperature", 1.0))
-    else:
-        graph = ProbabilityGraph(model)
-    return graph.eval()
 
 
 def example_inputs(spec: ModelSpec, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:

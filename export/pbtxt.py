@@ -14,8 +14,8 @@ Four profiles come from the same specs:
 from __future__ import annotations
 
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
+
 
 from cxr.specs import (
     COVID_STAGE2,
@@ -134,12 +134,3 @@ def repository_configs(profile: str, threads: int = 2) -> dict[str, mc.ModelConf
     )
     configs[ENSEMBLE_NAME] = ensemble_config()
     return configs
-
-
-def render(config: mc.ModelConfig) -> str:
-    return text_format.MessageToString(config)
-
-
-def parse(text: str) -> mc.ModelConfig:
-    """Parse ``config.pbtxt`` text (raises ``text_format.ParseError`` on an invalid config)."""
-    return text_format.Parse(text, mc.ModelConfig())

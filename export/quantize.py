@@ -24,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.pipeline import LocalPipeline
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION, ModelSpec
 from export.pbtxt import INT8_ROLES
+from training.data.manifest import DEFAULT_MANIFEST, evenly, read_manifest
+from training.metrics import iou_dice
 
 FORMAT = "onnxruntime static QDQ, U8S8 per-channel, 7-bit weights (reduce_range), MinMax"
 BOUNDS = {"mask_iou": 0.97, "mean_abs_dp": 0.05, "top1_agreement": 0.8}
@@ -46,7 +49,6 @@ class _Reader:
 
 def calibration_feeds(repository: Path, blobs: list[bytes], batch: int = 8) -> dict[str, list[dict[str, np.ndarray]]]:
     """Per role, the feeds the served graph receives for ``blobs``."""
-    from client.local_pipeline import LocalPipeline
 
     fp32 = {role: repository / role / "1" / "model.onnx" for role in INT8_ROLES}
     pipeline = LocalPipeline(repository, onnx_files=fp32)
@@ -94,7 +96,6 @@ def quantize_repository(repository: str | Path, out: str | Path, blobs: list[byt
 
 def calibration_blobs(count: int = 64, manifest: str | Path | None = None, split: str = "train") -> list[bytes]:
     """``count`` images of ``split`` spread evenly over the manifest (labels and sources), deterministic."""
-    from training.data.manifest import DEFAULT_MANIFEST, evenly, read_manifest
 
     return [r.image.read_bytes() for r in evenly(read_manifest(manifest or DEFAULT_MANIFEST, split), count)]
 
@@ -104,7 +105,6 @@ def answers(repository: str | Path, blobs: list[bytes], onnx_files: dict[str, st
 
     Computed directly from the two graphs (no cascade, no post-processing): what the quantization changes.
     """
-    from client.local_pipeline import LocalPipeline
 
     pipeline = LocalPipeline(repository, onnx_files=onnx_files)
     seg_in, cls_in = pipeline.prepare(blobs)
@@ -115,7 +115,6 @@ def answers(repository: str | Path, blobs: list[bytes], onnx_files: dict[str, st
 def agreement(fp32: dict, int8: dict) -> dict:
     """Mean mask IoU, mean |dp| (over images and classes), largest |dp| and top-1 agreement of two
     :func:`answers`; ``holds`` says whether :data:`BOUNDS` hold, ``failed`` names the ones that do not."""
-    from training.metrics import iou_dice
 
     ious = [iou_dice(a[0], b[0])[0] for a, b in zip(fp32["masks"], int8["masks"])]
     diff = np.abs(fp32["probabilities"] - int8["probabilities"])
@@ -128,8 +127,6 @@ def agreement(fp32: dict, int8: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
-    from training.data.manifest import DEFAULT_MANIFEST
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", default="build/model_repository")
     parser.add_argument("--out", default="build/int8")

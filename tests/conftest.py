@@ -95,7 +95,8 @@ def repository() -> Path:
 @pytest.fixture(scope="session")
 def triton(repository, tmp_path_factory):
     """A real Triton server on the built repository, on free ports, for the whole session."""
-    from cxr.server import TritonServer, free_port
+    from ops.ports import free_port
+    from ops.server import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     server = TritonServer(repository, free_port(), free_port(), free_port(), log_path=log)

@@ -22,6 +22,7 @@ from cxr.labels import LABELS
 from cxr.pixels import decode_image
 from cxr.preprocess import PrepareInput
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
+from training.serving_graph import serving_graph
 
 METHODS = ("gradcam", "lime")
 
@@ -48,8 +49,6 @@ class Explanation:
 
 def load_models(weights_dir: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
     """The shipped segmenter (binary-mask graph) and classifier, in eval mode."""
-    from export.onnx import serving_graph
-
     segmenter = serving_graph(LUNG_SEGMENTATION, weights_dir and Path(weights_dir) / LUNG_SEGMENTATION.weights)
     classifier = serving_graph(CLASSIFIER, weights_dir and Path(weights_dir) / CLASSIFIER.weights).model.eval()
     return segmenter, classifier

@@ -20,12 +20,12 @@ from cxr.cascade import stage2_input
 from cxr.lungmask import postprocess_mask
 from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION
-from export.onnx import serving_graph
 from training.common import load_weights, plot_curves, save_weights, start_run
 from training.data.manifest import Record, read_manifests
 from training.layers.moex import moex_loss
 from training.metrics import classification_report
 from training.models import create_model
+from training.serving_graph import serving_graph
 
 VIRAL_LABELS = {"viral": 0, "covid": 1}
 

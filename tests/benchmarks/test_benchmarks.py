@@ -96,7 +96,7 @@ def test_raw_pipeline_reports_each_stage(repository, xray_jpeg):
 def test_flask_baseline_answers_like_the_pipeline_and_names_bad_input(repository, xray_jpeg):
     from benchmarks.baseline_server import create_app
     from cxr.labels import LABELS
-    from client.local_pipeline import LocalPipeline
+    from cxr.pipeline import LocalPipeline
 
     client = create_app(threads=2).test_client()
     answer = client.post("/triage", data=xray_jpeg)

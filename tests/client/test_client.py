@@ -9,7 +9,7 @@ from client.classify import format_table
 from client.files import expand
 from client.grpc_client import TriageOutput
 from cxr.labels import LABELS
-from cxr.server import ServerError, TritonServer
+from ops.server import ServerError, TritonServer
 
 
 def test_expand_folders_and_missing_paths(tmp_path):

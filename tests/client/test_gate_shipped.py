@@ -9,7 +9,7 @@ from training.data.negatives import SKIMAGE_KINDS, skimage_images, synthetic_ima
 
 @pytest.fixture(scope="module")
 def pipeline(repository):
-    from client.local_pipeline import LocalPipeline
+    from cxr.pipeline import LocalPipeline
 
     pipeline = LocalPipeline(repository)
     if pipeline.thresholds.gate is None:

@@ -14,7 +14,7 @@ from client.samples import BUNDLED
 HEAVY = ("torch", "torchvision", "onnxruntime", "onnx", "timm", "segmentation_models_pytorch", "albumentations",
          "sklearn", "matplotlib", "pytorch_grad_cam", "lime", "yaml")
 CLIENT_MODULES = ("client.grpc_client", "client.classify", "client.files", "client.dicom_files", "client.samples",
-                  "client.gateway.service", "client.gateway.web", "client.gateway.spool", "cxr.cli")
+                  "gateway.service", "gateway.web", "gateway.spool", "cli.main", "cli.classify")
 
 _BLOCK = f"""
 import importlib.abc, sys
@@ -32,7 +32,7 @@ def _light(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 def test_client_modules_import_without_torch_or_onnxruntime():
     done = _light(f"import importlib\nfor m in {CLIENT_MODULES!r}: importlib.import_module(m)\n"
-                  "from cxr.cli import main\nmain(['classify', '--help'])")
+                  "from cli.main import main\nmain(['classify', '--help'])")
     assert done.returncode == 0, done.stderr
     assert "usage: cxr classify" in done.stdout
 
@@ -40,7 +40,7 @@ def test_client_modules_import_without_torch_or_onnxruntime():
 @pytest.mark.triton
 def test_light_client_triages_over_grpc(triton):
     sample = sorted(BUNDLED.glob("normal_*.jpg"))[0]
-    done = _light(f"from cxr.cli import main\nraise SystemExit(main(['classify', '--json', '--url', {triton.grpc_url!r}, "
+    done = _light(f"from cli.main import main\nraise SystemExit(main(['classify', '--json', '--url', {triton.grpc_url!r}, "
                   f"{str(sample)!r}]))", timeout=180)
     assert done.returncode == 0, done.stderr
     (line,) = done.stdout.splitlines()

@@ -44,7 +44,7 @@ def test_dashboard_json_is_a_grafana_dashboard():
 
 @pytest.mark.triton
 def test_every_panel_metric_exists_on_a_running_server(triton, test_rows, corpus):
-    from client.gateway.service import GatewayMetrics
+    from gateway.service import GatewayMetrics
     from client.grpc_client import TriageClient
     from prometheus_client import generate_latest
 

@@ -13,13 +13,13 @@ from pathlib import Path
 from tests.client.test_light_client import _BLOCK
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("cxr", "client", "export", "training", "benchmarks")
+PACKAGES = ("cxr", "client", "export", "training", "ops", "gateway", "cli", "benchmarks")
 # what each command of the image runs (module, argv) with --help, and one real call that needs no server
 COMMANDS = {
-    "gateway": ("cxr.cli", ["gateway", "--help"]),
-    "backfill": ("client.gateway.dicomweb", ["--help"]),
-    "classify": ("cxr.cli", ["classify", "--help"]),
-    "models": ("export.release", ["--repository", "build/model_repository", "status"]),
+    "gateway": ("cli.main", ["gateway", "--help"]),
+    "backfill": ("cli.main", ["backfill", "--help"]),
+    "classify": ("cli.main", ["classify", "--help"]),
+    "models": ("cli.main", ["models", "--repository", "build/model_repository", "status"]),
 }
 
 

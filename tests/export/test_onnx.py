@@ -9,7 +9,8 @@ import torch
 
 from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION, MODEL_SPECS
-from export.onnx import LOGIT_ATOL, MASK_AGREEMENT, check_parity, export_onnx, serving_graph
+from export.onnx import LOGIT_ATOL, MASK_AGREEMENT, check_parity, export_onnx
+from training.serving_graph import serving_graph
 from training.common import save_weights
 from tests.training.test_models import CASES as MODEL_CASES
 from training.models import create_model

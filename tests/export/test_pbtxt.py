@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 
 from cxr.specs import ENSEMBLE_NAME, ENSEMBLE_OUTPUTS, ENSEMBLE_STEPS, MODEL_SPECS, PREPROCESS, ROUTER
-from export.pbtxt import PROFILES, model_config, parse, render, repository_configs
+from cxr.model_config import parse, render
+from export.pbtxt import PROFILES, model_config, repository_configs
 
 
 def test_built_repository_configs_equal_the_rendered_specs_pinned_to_the_serving_release(repository):
-    from export.release import serving_pins
+    from cxr.release_record import serving_pins
 
     expected = repository_configs("cpu")
     pins = serving_pins(repository)

@@ -28,7 +28,7 @@ def int8_dir(repository, tmp_path_factory):
 
 @pytest.mark.slow
 def test_int8_graphs_agree_with_fp32_on_real_images(repository, test_rows, int8_dir):
-    from client.local_pipeline import LocalPipeline
+    from cxr.pipeline import LocalPipeline
     from training.metrics import iou_dice
 
     files = {role: int8_dir / f"{role}.onnx" for role in (LUNG_SEGMENTATION.role, CLASSIFIER.role)}
@@ -127,8 +127,9 @@ def test_isa_classes_from_cpu_flags(tmp_path):
 
 
 def test_local_pipeline_reads_the_onnx_file_the_config_serves(tmp_path):
-    from client.local_pipeline import served_onnx_file
-    from export.pbtxt import model_config, render
+    from cxr.pipeline import served_onnx_file
+    from cxr.model_config import render
+    from export.pbtxt import model_config
 
     for profile, expected in (("cpu", "model.onnx"), ("cpu-int8", "model.int8.onnx"), ("gpu", "model.onnx")):
         role_dir = tmp_path / profile / CLASSIFIER.role

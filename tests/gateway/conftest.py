@@ -7,8 +7,8 @@ import time
 import pydicom
 import pytest
 
-from client.gateway.service import Gateway, GatewayConfig
-from cxr.server import free_port
+from gateway.service import Gateway, GatewayConfig
+from ops.ports import free_port
 from tests.gateway.pacs import Orthanc
 
 GATEWAY_AET = "CXRGW"

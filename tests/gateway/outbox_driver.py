@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 
-from client.gateway.outbox import Deliverer, Destinations, Outbox
+from gateway.outbox import Deliverer, Destinations, Outbox
 
 if __name__ == "__main__":
     Deliverer(Outbox(sys.argv[1]), Destinations(hl7=sys.argv[2]), backoff_s=0.1).start()

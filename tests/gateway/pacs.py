@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cxr.server import free_port
+from ops.ports import free_port
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 

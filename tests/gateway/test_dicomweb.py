@@ -10,12 +10,12 @@ import pydicom
 import pytest
 
 from client.dicom_files import make_dicom
-from client.gateway.dicomweb import backfill, main as backfill_main
-from client.gateway.results import Triaged
-from client.gateway.service import Gateway, GatewayConfig
-from client.gateway.spool import Spool
+from gateway.dicomweb import backfill, main as backfill_main
+from gateway.results import Triaged
+from gateway.service import Gateway, GatewayConfig
+from gateway.spool import Spool
 from cxr.labels import LABELS
-from cxr.server import free_port
+from ops.ports import free_port
 from tests.gateway.pacs import Orthanc
 
 pytestmark = pytest.mark.slow

@@ -15,10 +15,10 @@ import pytest
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
 from client.dicom_files import make_dicom
-from client.gateway.results import read_sr
-from client.gateway.service import Gateway, GatewayConfig
+from gateway.results import read_sr
+from gateway.service import Gateway, GatewayConfig
 from cxr.pixels import decode_image
-from cxr.server import free_port
+from ops.ports import free_port
 from tests.gateway.conftest import GATEWAY_AET, results_by_class, wait_until
 from tests.gateway.pacs import Orthanc
 
@@ -138,7 +138,7 @@ def test_killed_mid_batch_then_restarted_every_image_gets_exactly_one_package(tr
     port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, port)
     spool = tmp_path / "spool"
-    command = [sys.executable, "-m", "cxr.cli", "gateway", "--ae-title", GATEWAY_AET, "--port", str(port),
+    command = [sys.executable, "-m", "cli.main", "gateway", "--ae-title", GATEWAY_AET, "--port", str(port),
                "--triton", triton.grpc_url, "--destination", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
                "--spool", str(spool), "--allow-ae", "STORESCU", "--metrics-port", "0", "--workers", "1"]
     files = tmp_path / "batch"
@@ -195,7 +195,7 @@ def test_triton_killed_and_restarted_under_gateway_load_loses_nothing(repository
     """Instances keep arriving while Triton is down; afterwards each accepted one has exactly one result."""
     import threading
 
-    from cxr.server import TritonServer
+    from ops.server import TritonServer
     from tests.conftest import write_artifact
     from tests.gateway.conftest import SCU_AET, c_store
 

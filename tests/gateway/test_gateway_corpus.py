@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage
 
-from client.gateway.results import read_sr
+from gateway.results import read_sr
 from tests.conftest import write_artifact
 from tests.corpus import CASES
 from tests.gateway.conftest import c_store, results_by_class, wait_until
@@ -61,7 +61,7 @@ def test_every_dicom_case_sent_by_c_store_gets_its_answer(pacs_and_gateway, corp
 
 
 def test_every_case_uploaded_on_the_page_shows_its_error_or_result(triton, corpus):
-    from client.gateway.web import create_app
+    from gateway.web import create_app
 
     app = create_app(triton.grpc_url)
     app.config["TESTING"] = True

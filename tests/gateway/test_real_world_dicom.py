@@ -12,9 +12,9 @@ import pydicom
 import pytest
 
 from client.dicom_files import make_dicom
-from client.gateway import results
-from client.gateway.results import TYPE2_COPIED, UNAVAILABLE, Triaged, read_sr
-from client.gateway.service import Gateway, GatewayConfig
+from gateway import results
+from gateway.results import TYPE2_COPIED, UNAVAILABLE, Triaged, read_sr
+from gateway.service import Gateway, GatewayConfig
 from cxr.labels import LABELS
 
 

@@ -13,7 +13,7 @@ import pytest
 from pydicom.uid import Comprehensive3DSRStorage
 
 from client.dicom_files import make_dicom
-from client.gateway.results import TYPE2_COPIED, UNAVAILABLE, Triaged, package, read_sr, to_source_frame
+from gateway.results import TYPE2_COPIED, UNAVAILABLE, Triaged, package, read_sr, to_source_frame
 from cxr.labels import LABELS, reported_probabilities
 from cxr.pixels import decode_image
 
@@ -21,7 +21,7 @@ from cxr.pixels import decode_image
 @pytest.fixture(scope="module")
 def case(repository, test_rows):
     """A real test CXR as a CR DICOM, its ground-truth mask, and the served models' answer for it."""
-    from client.local_pipeline import LocalPipeline
+    from cxr.pipeline import LocalPipeline
 
     row = next(r for r in test_rows if r.mask is not None)
     pixels = decode_image(row.image.read_bytes()).pixels

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from client.dicom_files import make_dicom
-from client.gateway.service import OUT_OF_RESOURCES, Gateway, GatewayConfig, parse_destination
+from gateway.service import OUT_OF_RESOURCES, Gateway, GatewayConfig, parse_destination
 from cxr.acceptance import tag_refusal
 
 
@@ -35,7 +35,7 @@ def test_full_disk_answers_out_of_resources_and_keeps_nothing(gateway, xray_pixe
     def no_space(*_):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("client.gateway.spool.os.fsync", no_space)
+    monkeypatch.setattr("gateway.spool.os.fsync", no_space)
     event, _ = _event(make_dicom(xray_pixels))
     assert gateway._on_store(event) == OUT_OF_RESOURCES == 0xA700
     assert gateway.spool.depth() == 0
@@ -70,7 +70,7 @@ def test_destination_must_name_aet_host_and_port():
 
 
 def test_an_instance_that_keeps_failing_is_kept_aside_not_lost_nor_retried_forever(tmp_path):
-    from cxr.server import free_port
+    from ops.ports import free_port
     from tests.gateway.conftest import wait_until
 
     config = GatewayConfig("CXRGW", free_port(), "localhost:1", "PACS@127.0.0.1:104", tmp_path / "spool",
@@ -105,7 +105,7 @@ def tiny_disk(tmp_path):
 
 def test_a_really_full_disk_refuses_c_store_and_recovers_when_space_returns(tiny_disk, xray_pixels):
     """C-STOREs of 340 KB instances over the network into a 1 MiB spool: the ones that do not fit are refused."""
-    from cxr.server import free_port
+    from ops.ports import free_port
     from tests.gateway.conftest import SCU_AET, c_store
 
     config = GatewayConfig("CXRGW", free_port(), "localhost:1", "PACS@127.0.0.1:104", tiny_disk / "spool",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from client.gateway.spool import Spool
+from gateway.spool import Spool
 
 
 def test_priority_then_arrival_order(tmp_path):
@@ -48,7 +48,7 @@ def test_write_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     def full(*_):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("client.gateway.spool.os.fsync", full)
+    monkeypatch.setattr("gateway.spool.os.fsync", full)
     with pytest.raises(OSError):
         spool.accept(b"x", "1.2.6")
     assert spool.depth() == 0 and not list((tmp_path / "incoming").iterdir())

@@ -13,9 +13,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, Verification
 
 from client.dicom_files import make_dicom
-from client.gateway.results import package
-from client.gateway.service import DicomTLS, Gateway, GatewayConfig
-from cxr.server import free_port
+from gateway.results import package
+from gateway.service import DicomTLS, Gateway, GatewayConfig
+from ops.ports import free_port
 
 
 def _client_context(pki, with_certificate: bool) -> ssl.SSLContext:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.server import free_port
+from ops.ports import free_port
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -18,7 +18,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
 def page_url(triton):
     from werkzeug.serving import make_server
 
-    from client.gateway.web import create_app
+    from gateway.web import create_app
 
     server = make_server("127.0.0.1", free_port(), create_app(triton.grpc_url), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -16,12 +16,12 @@ import pydicom
 import pytest
 
 from client.dicom_files import make_dicom
-from client.gateway.outbox import Destinations
-from client.gateway.results import Triaged
-from client.gateway.service import Gateway, GatewayConfig
-from client.gateway.worklist import fhir_bundle, hl7_oru, message_id, validate_fhir
+from gateway.outbox import Destinations
+from gateway.results import Triaged
+from gateway.service import Gateway, GatewayConfig
+from gateway.worklist import fhir_bundle, hl7_oru, message_id, validate_fhir
 from cxr.labels import LABELS
-from cxr.server import free_port
+from ops.ports import free_port
 from tests.gateway.conftest import wait_until
 
 
@@ -32,8 +32,9 @@ def _result(priority: str = "urgent", label: str = "viral") -> Triaged:
                    cam=np.zeros((len(LABELS), 8, 8), np.float32), model_versions={"cxr_classifier": "1"}, request_id="req")
 
 
-def _source(accession: str = "ACC1") -> pydicom.Dataset:
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(np.random.default_rng(0).random((300, 240)).astype(np.float32))))
+def _source(accession: str = "ACC1", seed: int = 0) -> pydicom.Dataset:
+    """A study (new UIDs each call) whose pixels ``seed`` chooses."""
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(np.random.default_rng(seed).random((300, 240)).astype(np.float32))))
     ds.AccessionNumber = accession
     return ds
 
@@ -158,7 +159,7 @@ def test_every_result_reaches_hl7_and_fhir_and_urgent_ones_the_webhook(tmp_path,
         gw.deliverer.start()
         try:
             urgent = _process(gw, monkeypatch, _source("A1"), _result("urgent"))
-            routine = _process(gw, monkeypatch, _other_source(), _result("routine", "normal"))
+            routine = _process(gw, monkeypatch, _source("A2", seed=1), _result("routine", "normal"))
             wait_until(lambda: gw.outbox.depth() == 0, timeout_s=30, what="the outbox to drain")
         finally:
             gw.deliverer.stop()
@@ -171,12 +172,6 @@ def test_every_result_reaches_hl7_and_fhir_and_urgent_ones_the_webhook(tmp_path,
     metric = gw.metrics.registry.get_sample_value
     assert metric("cxr_gateway_worklist_total", {"channel": "hl7", "outcome": "delivered"}) == 2
     assert metric("cxr_gateway_outbox_depth") == 0
-
-
-def _other_source() -> pydicom.Dataset:
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(np.random.default_rng(1).random((300, 240)).astype(np.float32))))
-    ds.AccessionNumber = "A2"
-    return ds
 
 
 def test_a_receiver_that_is_down_gets_the_message_once_it_is_up_even_after_a_restart(tmp_path, monkeypatch):
@@ -209,7 +204,7 @@ def test_a_deliverer_killed_mid_delivery_loses_nothing_and_repeats_at_most_the_m
     import subprocess
     import sys
 
-    from client.gateway.outbox import Outbox
+    from gateway.outbox import Outbox
 
     outbox = Outbox(tmp_path / "outbox")
     sent = {}

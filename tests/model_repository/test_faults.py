@@ -1,7 +1,7 @@
 """Faults under load: python-backend stub processes killed while clients keep sending real images.
 
 Triton 2.51 does not restart a dead stub (the server stays "ready" while that instance fails every
-request); ``cxr.server.StubWatchdog`` reloads the model, and ``TriageClient`` retries the requests that hit
+request); ``ops.watchdog.StubWatchdog`` reloads the model, and ``TriageClient`` retries the requests that hit
 the dead instance meanwhile. The test counts requests sent, failed and retried, and records them in
 build/test-artifacts/fault_stub_kill.json.
 """
@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from cxr.server import TritonServer, free_port
+from ops.ports import free_port
+
+from ops.server import TritonServer
 from tests.conftest import Load, write_artifact
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

@@ -14,9 +14,14 @@ import time
 
 import pytest
 
-from cxr.server import TritonServer, free_port
+from ops.ports import free_port
+
+from ops.server import TritonServer
 from cxr.specs import CLASSIFIER
-from export.release import Rollout, load_state, publish, publish_thresholds
+from cxr.release_record import load_state
+from export.publish import publish
+from export.release import publish_thresholds
+from ops.rollout import Rollout
 from tests.conftest import REPO, Load, write_artifact
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

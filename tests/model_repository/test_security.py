@@ -8,7 +8,8 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def tls_server(repository, pki, tmp_path_factory):
-    from cxr.server import TLSConfig, TritonServer, free_port
+    from ops.ports import free_port
+    from ops.server import TLSConfig, TritonServer
 
     tls = TLSConfig(pki / "server.pem", pki / "server.key", pki / "ca.pem", mutual=True)
     log = tmp_path_factory.mktemp("tls") / "tritonserver.log"

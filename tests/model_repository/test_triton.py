@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client.grpc_client import TriageClient
-from client.local_pipeline import LocalPipeline
+from cxr.pipeline import LocalPipeline
 from cxr.labels import LABELS, UNTRAINED
 from cxr.specs import CLASSIFIER, CLS_MASK, MODEL_SPECS
 from tests.corpus import CASES
@@ -148,7 +148,7 @@ def test_batch_of_two_images_in_one_request(triton, xray_jpeg):
 def test_cli_classify_json(triton, tmp_path, xray_jpeg):
     (tmp_path / "a.jpg").write_bytes(xray_jpeg)
     (tmp_path / "b.jpg").write_bytes(xray_jpeg[:500])
-    proc = subprocess.run([sys.executable, "-m", "cxr.cli", "classify", str(tmp_path), "--url", triton.grpc_url, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "classify", str(tmp_path), "--url", triton.grpc_url, "--json"],
                           capture_output=True, text=True, timeout=120)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 1, proc.stderr  # one image rejected

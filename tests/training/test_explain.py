@@ -60,7 +60,7 @@ def test_lime_outlines_supporting_superpixels(models, covid_jpeg):
 def test_cli_writes_the_overlay_and_names_bad_requests(tmp_path, covid_jpeg, capsys):
     import cv2
 
-    from cxr.cli import main
+    from cli.main import main
 
     image = tmp_path / "x.jpg"
     image.write_bytes(covid_jpeg)

@@ -114,7 +114,7 @@ def test_cascade_stage2_smoke(data_dir):
 
 
 def test_report_trains_then_loads_and_writes_the_table(data_dir, tmp_path):
-    from training.report import main
+    from benchmarks.report import main
 
     argv = ["--models", "mobilenetv2", "--size", "64", "--epochs", "1", "--limit", "24",
             "--manifest", str(data_dir / "manifest.csv"), "--out", str(tmp_path)]
@@ -148,7 +148,7 @@ def test_score_segmenter_on_both_grids_agrees_with_the_trainer_at_the_served_siz
 
 
 def test_seeded_report_trains_each_model_per_seed_and_gives_mean_and_sd(data_dir, tmp_path):
-    from training.report import main
+    from benchmarks.report import main
 
     argv = ["--models", "mobilenetv2", "--size", "64", "--epochs", "1", "--limit", "24", "--seeds", "1", "2",
             "--manifest", str(data_dir / "manifest.csv"), "--out", str(tmp_path)]

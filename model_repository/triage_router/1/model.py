@@ -29,6 +29,7 @@ import triton_python_backend_utils as pb_utils
 from cxr.cascade import route_batch
 from cxr.labels import LABELS
 from cxr.metrics import record
+from cxr.release_record import read_release
 from cxr.specs import CLASSIFIER, COVID_STAGE2, ROUTER
 from cxr.triage import Thresholds
 
@@ -41,8 +42,7 @@ class TritonPythonModel:
         self.thresholds = Thresholds.load(os.path.join(model_dir, params.get("thresholds_file", "thresholds.json")))
         # This router version is one release: it pins the model versions (reported with every result) and
         # the stage-2 version it calls (export/release.py writes it).
-        with open(os.path.join(model_dir, "release.json")) as f:
-            release = json.load(f)
+        release = read_release(model_dir)
         self.release, self.model_versions = release["release"], release["model_versions"]
         self.stage2_model = params.get("stage2_model", COVID_STAGE2.role)
         self.stage2_version = int(release["models"][self.stage2_model])

@@ -6,7 +6,8 @@ import sys
 
 from client.classify import run
 from client.samples import write_samples
-from cxr.server import TritonServer, free_port
+from ops.ports import free_port
+from ops.server import TritonServer
 
 
 def main() -> int:

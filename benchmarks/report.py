@@ -1,6 +1,6 @@
 """``cxr report``: train (or load) the papers' classifiers with one recipe and write a table like theirs.
 
-    python -m training.report [--models resnet34 resnet34_ma ...] [--size 128] [--epochs 4] [--seeds 11 12 13]
+    python -m benchmarks.report [--models resnet34 resnet34_ma ...] [--size 128] [--epochs 4] [--seeds 11 12 13]
         [--manifest A --manifest B] [--out docs/report]
 
 Each model is trained by :mod:`training.train_classifier` (the served classifier's recipe, same data, same
@@ -23,8 +23,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cxr.cpu import cpu_line, describe_cpu
 from cxr.labels import LABELS
+from cxr.onnx_session import cpu_session
 from training.common import REPO
+from training.models import create_model
+from training.train_classifier import main as train
 
 # What fits a session on 2 CPU cores (about 4 minutes a model at 128 px, 3 epochs); add the heavier ones
 # (resnet50_ma, inception_v3_ma, vgg16_ma, dpn92_se, dpn92_gc, seme_densenet169, ...) with --models.
@@ -37,7 +41,6 @@ BASE_CONFIG = REPO / "training" / "configs" / "mobilenetv2_mdconv_ma.yaml"
 def train_one(model: str, size: int, epochs: int, manifests: list[str] | None, out: Path, limit: int | None = None,
               seed: int | None = None) -> dict:
     from benchmarks.flops import count
-    from training.train_classifier import main as train
 
     config = {**yaml.safe_load(BASE_CONFIG.read_text()), **MOEX, "model": model, "epochs": epochs, "input_size": size}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
@@ -65,9 +68,6 @@ def onnx_rates(models: list[str], size: int, batch: int = 8, rounds: int = 5, im
     import time
 
     import torch
-
-    from cxr.onnx_session import cpu_session
-    from training.models import create_model
 
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,10 +156,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         seeds = sorted({r["seed"] for rows in runs.values() for r in rows})
         text = (f"Test split ({next(iter(runs.values()))[0]['test']['n']} images, both data sets), each model trained "
                 f"from scratch at {args.size} px for {args.epochs} epochs with one recipe and seeds {seeds} "
-                "(`python -m training.report --seeds ...`): mean +- sd over its seeds (the `seeds` column).")
+                "(`python -m benchmarks.report --seeds ...`): mean +- sd over its seeds (the `seeds` column).")
         if rates:
-            from cxr.cpu import cpu_line, describe_cpu
-
             text += (f" img/s: the classifier alone in ONNX Runtime, FP32, batch 8, 2 threads, median of 5 alternating "
                      f"rounds, on {cpu_line(describe_cpu())}.")
         _write(out / "seeded", text + "\n\n" + seeded_markdown(runs, rates), {"runs": runs, "img_s": rates})
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(json.loads(cached.read_text()) if cached.exists()
                     else train_one(model, args.size, args.epochs, args.manifest, out, args.limit))
     text = (f"Test split ({rows[0]['test']['n']} images), trained here from scratch at {args.size} px for "
-            f"{args.epochs} epochs each with one recipe (`python -m training.report`); MACs at that size, "
+            f"{args.epochs} epochs each with one recipe (`python -m benchmarks.report`); MACs at that size, "
             "1-channel input. Not the papers' recipes: compare rows with each other, not with the papers.\n\n")
     _write(out / "report", text + markdown(rows), rows)
     return rows

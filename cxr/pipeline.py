@@ -5,23 +5,22 @@ Same functions as the served ensemble (``cxr.preprocess``, ``cxr.lungmask``, ``c
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cxr.cascade import route_batch
+from cxr.model_config import parse
 from cxr.onnx_session import cpu_session
 from cxr.preprocess import prepare_bytes
+from cxr.release_record import read_release, serving_pins
 from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION, ROUTER
 from cxr.triage import Thresholds
 
 
 def served_onnx_file(repository: Path, role: str) -> str:
     """The ONNX file the repository's config serves for ``role`` (``model.onnx``, or ``model.int8.onnx``)."""
-    from export.pbtxt import parse
-
     config = parse((repository / role / "config.pbtxt").read_text())
     return config.parameters["onnx_file"].string_value if "onnx_file" in config.parameters else "model.onnx"
 
@@ -44,8 +43,6 @@ class LocalPipeline:
     """
 
     def __init__(self, repository: str | Path, threads: int = 2, onnx_files: dict[str, str | Path] | None = None) -> None:
-        from export.release import RELEASE, serving_pins
-
         repository = Path(repository)
         pins = serving_pins(repository)
         files = {spec.role: repository / spec.role / str(pins[spec.role]) / served_onnx_file(repository, spec.role)
@@ -56,7 +53,7 @@ class LocalPipeline:
         self._stage2_file, self._stage2, self._threads = files[COVID_STAGE2.role], None, threads
         router = repository / ROUTER.role / str(pins[ROUTER.role])
         self.thresholds = Thresholds.load(router / "thresholds.json")
-        release = json.loads((router / RELEASE).read_text())
+        release = read_release(router)
         self.release, self.model_versions = release["release"], release["model_versions"]
 
     def prepare(self, blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.gateway.spool import fsync_dir
+from gateway.spool import fsync_dir
 
 log = logging.getLogger("cxr.gateway.outbox")
 CHANNELS = ("hl7", "fhir", "webhook")

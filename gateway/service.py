@@ -32,13 +32,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from client.gateway.results import Triaged, package
-from cxr.acceptance import tag_refusal
-from client.gateway.dicomweb import stow
-from client.gateway.outbox import Deliverer, Destinations, Outbox
-from client.gateway.spool import PRIORITY_NAME, Spool
-from client.gateway.worklist import fhir_bundle, hl7_oru, message_id, webhook
 from client.grpc_client import TriageClient, is_transient
+from cxr.acceptance import tag_refusal
+from cxr.pixels import decode_image
+from gateway.dicomweb import stow
+from gateway.outbox import Deliverer, Destinations, Outbox
+from gateway.results import Triaged, package
+from gateway.spool import PRIORITY_NAME, Spool
+from gateway.worklist import fhir_bundle, hl7_oru, message_id, webhook
 
 log = logging.getLogger("cxr.gateway")
 
@@ -267,8 +268,6 @@ class Gateway:
         result, error, request_id = self._triage(data, priority=1 if urgent else 0)
         gray = None
         if result is not None:
-            from cxr.pixels import decode_image
-
             gray = decode_image(data).pixels
         try:
             objects = package(ds, gray, result, error, request_id)
@@ -388,7 +387,7 @@ def run(config: GatewayConfig, metrics_port: int | None = None, web_port: int | 
     if web_port:
         from werkzeug.serving import make_server
 
-        from client.gateway.web import create_app
+        from gateway.web import create_app
 
         web = make_server(config.host, web_port, create_app(config.triton, gateway.metrics.registry), threaded=True)
         threading.Thread(target=web.serve_forever, name="cxr-gateway-web", daemon=True).start()

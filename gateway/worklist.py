@@ -20,11 +20,13 @@ import json
 import time
 from datetime import datetime, timezone
 
+import hl7
+import hl7.util
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from client.gateway.results import FINDING_CODES, MANUFACTURER, Triaged
 from cxr.labels import LABELS
+from gateway.results import FINDING_CODES, MANUFACTURER, Triaged
 
 HL7_PRIORITY = {"urgent": "S", "expedited": "A", "routine": "R"}  # HL7 table 0027: Stat, ASAP, Routine
 SNOMED, LOINC = "http://snomed.info/sct", "http://loinc.org"
@@ -40,12 +42,14 @@ def message_id(source: Dataset, kind: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:20].upper() if kind == "hl7" else uid
 
 
+ENCODING = hl7.parse("MSH|^~\\&|")  # the delimiters of every message built here (MSH-1, MSH-2)
+
+
 def _hl7(value) -> str:
-    """Escape HL7's delimiters (| ^ ~ \\ &) in a value that is not meant to have components."""
-    text = "" if value is None else str(value)
-    for char, escape in (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("~", "\\R\\"), ("&", "\\T\\")):
-        text = text.replace(char, escape)
-    return text.replace("\r", " ").replace("\n", " ")
+    """A value that is not meant to have components, with HL7's delimiters (| ^ ~ \\ &) and line breaks escaped
+    (python-hl7's :func:`hl7.util.escape`: ``\\F\\``, ``\\S\\``, ..., ``\\.br\\``; non-ASCII as ``\\Xhh\\``)."""
+    text = "" if value is None else str(value).replace("\r\n", "\r").replace("\n", "\r")
+    return hl7.util.escape(ENCODING, text) or ""
 
 
 def _hl7_name(source: Dataset) -> str:

@@ -17,7 +17,7 @@ from datetime import date
 import pydicom
 from pydicom.dataset import Dataset
 
-from client.gateway.spool import Spool
+from gateway.spool import Spool
 
 LOW = 2  # DIMSE priority LOW: backfill never overtakes studies arriving live
 

@@ -15,9 +15,10 @@ import html
 import cv2
 from flask import Flask, Response, request
 
-from client.gateway.results import Triaged, overlay
+from client.grpc_client import TriageClient
 from cxr.labels import LABELS
-from cxr.pixels import MAX_BYTES
+from cxr.pixels import MAX_BYTES, decode_image
+from gateway.results import Triaged, overlay
 
 MAX_UPLOAD_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, plus the form's own bytes
 
@@ -65,8 +66,6 @@ def _result_html(name: str, out, overlay_png: str = "") -> str:
 
 
 def create_app(triton_url: str, registry=None) -> Flask:
-    from client.grpc_client import TriageClient
-
     client = TriageClient(triton_url, outputs=("label", "triage", "probabilities", "lung_fraction", "lung_mask", "cam"))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
@@ -101,7 +100,6 @@ def create_app(triton_url: str, registry=None) -> Flask:
 
 def _overlay_png(data: bytes, out) -> str:
     """The heatmap overlay as base64 PNG for an ``<img>`` data URL."""
-    from cxr.pixels import decode_image
 
     rgb = overlay(decode_image(data).pixels, Triaged.from_output(out))
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

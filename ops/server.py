@@ -30,28 +30,15 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port that is free on loopback right now (for tests and benchmarks that start a server)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerError(RuntimeError):
-    """Triton could not be started or did not become ready."""
-
-
-ADMIN_HEADER = "cxr-admin-key"  # the HTTP header; Triton expects it on gRPC with the prefix below
-GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
-RESTRICTED = ("model-repository", "shared-memory", "logging", "trace")
+from cxr.admin_key import ADMIN_HEADER, GRPC_ADMIN_HEADER, RESTRICTED
+from cxr.errors import ServerError
+from ops.admin import TritonAdmin
+from ops.watchdog import STUB_BINARY, StubWatchdog
 
 
 @dataclass(frozen=True)
@@ -68,9 +55,6 @@ class TLSConfig:
         if self.root_cert is not None:
             flags.append(f"--grpc-root-cert={self.root_cert}")
         return flags + (["--grpc-use-ssl-mutual=true"] if self.mutual else ["--grpc-use-ssl=true"])
-
-
-STUB_BINARY = "triton_python_backend_stub"  # one process per python-model instance
 
 
 def pytriton_root() -> Path:
@@ -228,7 +212,7 @@ class TritonServer:
                                       f"--{what}-port") from None
 
     @property
-    def admin(self) -> "TritonAdmin":
+    def admin(self) -> TritonAdmin:
         """The repository API of this server (with its admin key)."""
         return TritonAdmin(f"localhost:{self.http_port}", self.admin_key)
 
@@ -285,133 +269,3 @@ class TritonServer:
         self.stop()
 
 
-class TritonAdmin:
-    """Triton's HTTP model-repository API (load with a config override, config, readiness), with the admin key.
-
-    Args:
-        http_url: ``HOST:PORT`` of Triton's HTTP endpoint.
-        admin_key: the key the restricted APIs need (``None`` when the server restricts nothing).
-    """
-
-    def __init__(self, http_url: str, admin_key: str | None = None) -> None:
-        self.base = f"http://{http_url}"
-        self.headers = {ADMIN_HEADER: admin_key} if admin_key else {}
-
-    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 600):
-        import json
-
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {**self.headers, "Content-Type": "application/json"} if data is not None else self.headers
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            raise ServerError(f"{method} {path}: HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
-        return json.loads(raw) if raw else {}
-
-    def model_config(self, name: str) -> dict:
-        """The model's config as Triton serves it (JSON)."""
-        return self._call("GET", f"/v2/models/{name}/config")
-
-    def load_model(self, name: str, config: dict | None = None) -> None:
-        """(Re)load ``name``; returns when it is loaded. Triton skips a load whose files and config are
-        unchanged; ``config`` overrides the model's config (e.g. a new ``version_policy``)."""
-        import json
-
-        body = {"parameters": {"config": json.dumps(config)}} if config is not None else {}
-        self._call("POST", f"/v2/repository/models/{name}/load", body)
-
-    def is_model_ready(self, name: str, version: int | None = None) -> bool:
-        path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + "/ready"
-        try:
-            self._call("GET", path, timeout=10)
-            return True
-        except ServerError:
-            return False
-
-
-def stub_instance(argv: list[str]) -> tuple[str, str] | None:
-    """``(instance, model)`` of a python-backend stub from its command line, or None for another process.
-
-    A stub's first argument is ``<repository>/<model>/<version>/model.py``; its second-to-last, the instance name.
-    """
-    if not argv or not argv[0].endswith(STUB_BINARY) or len(argv) < 3:
-        return None
-    return argv[-2], Path(argv[1]).parent.parent.name
-
-
-class StubWatchdog:
-    """Reload a model when one of its python-backend stub processes has died (killed, OOM, crashed).
-
-    After the server is ready it records every stub (one per model instance, named ``<model>_<i>_<j>``
-    on the stub's command line); then every ``interval_s`` it checks them. A missing or zombie stub makes
-    it reload that model (:meth:`TritonAdmin.load_model`); in-flight requests on the other instances
-    finish, requests that hit the dead instance until then fail fast and are retried by clients
-    (:class:`client.grpc_client.TriageClient` retries them). ``restarts`` lists ``(model, seconds to
-    ready again)``.
-    """
-
-    def __init__(self, server: TritonServer, interval_s: float = 0.5) -> None:
-        self.server, self.interval_s = server, interval_s
-        self.restarts: list[tuple[str, float]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._expected: dict[str, str] = {}  # instance name -> model name
-
-    def stubs(self) -> dict[str, tuple[str, int]]:
-        """Live stubs of this server: instance name -> (model name, pid). Dead ones are absent: Triton never
-        reaps a killed stub, and a zombie's command line cannot be read."""
-        import psutil
-
-        found = {}
-        try:
-            children = psutil.Process(self.server.process.pid).children()
-        except (psutil.NoSuchProcess, AttributeError):
-            return found
-        for child in children:
-            try:
-                argv = child.cmdline()
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    continue
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue
-            stub = stub_instance(argv)
-            if stub is not None:
-                found[stub[0]] = (stub[1], child.pid)
-        return found
-
-    def start(self) -> None:
-        self._expected = {name: model for name, (model, _) in self.stubs().items()}
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cxr-stub-watchdog", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-
-    def dead_models(self) -> set[str]:
-        alive = self.stubs()
-        return {model for name, model in self._expected.items() if name not in alive}
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if self.server.process is None or self.server.process.poll() is not None:
-                return
-            for model in sorted(self.dead_models()):
-                start = time.monotonic()
-                print(f"[cxr] stub watchdog: a {model} stub process died; reloading {model}", file=sys.stderr, flush=True)
-                try:
-                    # Triton skips a load with an unchanged config: a restart counter parameter changes it
-                    admin = self.server.admin
-                    config = admin.model_config(model)
-                    config.setdefault("parameters", {})["cxr_stub_restart"] = {"string_value": str(len(self.restarts) + 1)}
-                    admin.load_model(model, config=config)
-                except (OSError, ServerError) as exc:
-                    print(f"[cxr] stub watchdog: reloading {model} failed: {exc}", file=sys.stderr, flush=True)
-                    continue
-                self.restarts.append((model, time.monotonic() - start))
-                print(f"[cxr] stub watchdog: {model} ready again after {time.monotonic() - start:.1f} s",
-                      file=sys.stderr, flush=True)

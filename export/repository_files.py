@@ -1,0 +1,27 @@
+"""Files every model repository build shares: the python models' source with the runtime package beside it,
+and content digests of weights (what a model version string and the export cache key on)."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = REPO / "model_repository"
+ONNX_ADAPTER = "onnx_runtime"  # the python model that runs an ONNX graph with onnxruntime (cpu profiles)
+RUNTIME = "cxr"  # the package the python models import; the only code of ours a repository ships
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def install_python_model(source: str, version_dir: Path) -> None:
+    """Put ``model_repository/<source>/model.py`` and a copy of the ``cxr`` package into a python model's
+    version folder (the repository is self-contained: it runs on any Triton host without this checkout)."""
+    version_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SOURCES / source / "model.py", version_dir / "model.py")
+    target = version_dir / RUNTIME
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(REPO / RUNTIME, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

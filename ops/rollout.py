@@ -1,0 +1,95 @@
+"""Switch the release a running Triton serves: promote, roll back, shadow a candidate classifier.
+
+The releases themselves (pins, gates, the repository state) are :mod:`export.release`'s; this module only
+changes what a live server (explicit model-control mode, admin key) has loaded, one model load at a time.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cxr.release_record import VERSIONED, ReleaseError, load_state, pins_of
+from cxr.specs import CLASSIFIER, ENSEMBLE_NAME, ROUTER
+from export.release import SHADOW_PARAMS, save_state, write_ensemble_pins, write_versions
+from ops.admin import TritonAdmin
+
+class Rollout:
+    """Switch the releases a running Triton serves (explicit model-control mode; needs the admin key).
+
+    Args:
+        repository: the repository the server serves (local path: this is where the state lives).
+        admin: a :class:`ops.admin.TritonAdmin` for the server.
+    """
+
+    def __init__(self, repository: str | Path, admin: TritonAdmin) -> None:
+        self.repository, self.admin = Path(repository), admin
+
+    def promote(self, release: int | None = None) -> dict:
+        """Serve ``release`` (default: the newest published one); returns what changed."""
+        state = load_state(self.repository)  # only releases that passed their gates exist
+        target = int(release) if release is not None else max(int(r) for r in state["releases"])
+        if str(target) not in state["releases"]:
+            raise ReleaseError(f"release {target} does not exist (releases: {sorted(map(int, state['releases']))})")
+        current = state["serving"]
+        if target == current:
+            return {"serving": current, "changed": []}
+        old, new = pins_of(state, current), pins_of(state, target)
+        changed = [role for role in VERSIONED if old[role] != new[role]]
+        # The on-disk configs follow each step: loading the ensemble makes Triton re-read its dependencies.
+        for role in changed:  # both versions ready before anything switches
+            self._load(role, sorted({old[role], new[role]}))
+        ensemble = self.admin.model_config(ENSEMBLE_NAME)
+        for step in ensemble["ensemble_scheduling"]["step"]:
+            step["model_version"] = new[step["model_name"]]
+        write_ensemble_pins(self.repository, new)
+        self.admin.load_model(ENSEMBLE_NAME, config=ensemble)  # the switch: one load, all steps at once
+        for role in changed:  # old versions retire once their in-flight requests are done
+            self._load(role, [new[role]])
+        state["releases"][str(current)]["status"] = "retired"
+        state["releases"][str(target)]["status"] = "serving"
+        state["serving"] = target
+        state["history"].append({"release": target, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        save_state(self.repository, state)
+        return {"serving": target, "previous": current, "changed": {r: [old[r], new[r]] for r in changed}}
+
+    def rollback(self) -> dict:
+        """Serve the release that served before the current one."""
+        state = load_state(self.repository)
+        earlier = [h["release"] for h in state["history"] if h["release"] != state["serving"]]
+        if not earlier:
+            raise ReleaseError("nothing to roll back to: only one release has ever served")
+        return self.promote(earlier[-1])
+
+    def shadow(self, version: int, fraction: float = 0.1) -> dict:
+        """Send ``fraction`` of the studies also to classifier ``version`` (0 stops it). A runtime setting:
+        a restart or a promotion turns it off. Agreement: ``cxr_shadow_comparisons{label, agree}``."""
+        if not 0 <= fraction <= 1:
+            raise ReleaseError(f"shadow fraction must be within [0, 1], got {fraction}")
+        serving = pins_of(load_state(self.repository))[CLASSIFIER.role]
+        if fraction > 0:
+            if not (self.repository / CLASSIFIER.role / str(version) / "model.onnx").exists():
+                raise ReleaseError(f"{CLASSIFIER.role} has no version {version}")
+            self._load(CLASSIFIER.role, sorted({serving, version}))
+        config = self.admin.model_config(ROUTER.role)
+        params = config.setdefault("parameters", {})
+        for key in SHADOW_PARAMS:
+            params.pop(key, None)
+        if fraction > 0:
+            params.update({"shadow_model": {"string_value": CLASSIFIER.role},
+                           "shadow_version": {"string_value": str(version)},
+                           "shadow_fraction": {"string_value": str(fraction)}})
+        self.admin.load_model(ROUTER.role, config=config)
+        if fraction == 0:
+            self._load(CLASSIFIER.role, [serving])
+        return {"serving": serving, "shadow": version if fraction > 0 else None, "fraction": fraction}
+
+    def _load(self, role: str, versions: list[int]) -> None:
+        write_versions(self.repository, role, versions)
+        config = self.admin.model_config(role)
+        config["version_policy"] = {"specific": {"versions": versions}}
+        for key in ("cxr_stub_restart", *SHADOW_PARAMS):  # a promotion ends shadowing
+            config.get("parameters", {}).pop(key, None)
+        self.admin.load_model(role, config=config)
+        for version in versions:
+            if not self.admin.is_model_ready(role, version):
+                raise ReleaseError(f"{role} version {version} did not become ready")
