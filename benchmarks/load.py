@@ -1,14 +1,16 @@
-"""Closed-loop load generator shared by every benchmark: the same client loop for every server.
+"""Closed-loop load generators shared by every benchmark and the reliability tests: one client loop for every server.
 
-``concurrency`` worker threads each send one image, wait for the answer, and send the next, until
-``requests`` answers have come back. Latency is measured here, around the transport call, so the
-served ensemble and the naive baseline are timed by the same code.
+Worker threads each send one image, wait for the answer, and send the next: :func:`run_load` until ``requests``
+answers have come back (the benchmarks' levels), :class:`ClosedLoop` until it is stopped (the soak, the fault and
+rollout tests). Latency is measured here, around the transport call, so the served ensemble and the naive
+baseline are timed by the same code.
 """
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -50,3 +52,41 @@ def run_load(send: Send, blobs: list[bytes], concurrency: int, requests: int, wa
     row.update({f"p{p}_ms": float(v) for p, v in zip(PERCENTILES, np.percentile(latencies, PERCENTILES))})
     row["first_error"] = errors[0] if errors else None
     return row
+
+
+class ClosedLoop:
+    """``workers`` threads sending ``blobs`` without pause until :meth:`stop` (or the end of a ``with`` block).
+
+    Worker ``k`` sends blobs ``k, k + workers, ...`` (cycled); ``on_answer(sent, answered, result)`` gets every
+    answer, with ``time.monotonic()`` stamps around ``send``; it is called from the workers' threads.
+    """
+
+    def __init__(self, send: Callable[[bytes], Any], blobs: list[bytes], workers: int,
+                 on_answer: Callable[[float, float, Any], None]) -> None:
+        self.send, self.blobs, self.on_answer = send, blobs, on_answer
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(workers)]
+
+    def _run(self, k: int) -> None:
+        i = k
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            result = self.send(self.blobs[i % len(self.blobs)])
+            self.on_answer(sent, time.monotonic(), result)
+            i += len(self.threads)
+
+    def start(self) -> "ClosedLoop":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        self._stop.set()
+        for thread in self.threads:
+            thread.join(timeout_s)
+
+    def __enter__(self) -> "ClosedLoop":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from benchmarks.images import benchmark_images
 from benchmarks.load import requests_for, run_load
 from benchmarks.triton_stats import breakdown, snapshot
 from client.grpc_client import TriageClient
+from cxr.admin_key import key_from_env
 from cxr.cpu import cpu_line, describe_cpu
 from export.build_repository import build_repository
 from ops.ports import free_port
@@ -83,7 +83,7 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
         return rows
 
     if url:
-        return levels(url, os.environ.get("CXR_ADMIN_KEY"))
+        return levels(url, key_from_env())  # a server started elsewhere: its key, if given
 
     with TritonServer(repository, free_port(), free_port(), free_port()) as server:
         return levels(server.grpc_url, server.admin_key)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.images import benchmark_images
+from benchmarks.load import ClosedLoop
 from benchmarks.run import PROFILES, ensure_repository
 from client.grpc_client import TriageClient
 from ops.ports import free_port
@@ -89,14 +90,6 @@ def soak(grpc_url: str, server_pid: int, blobs: list[bytes], duration_s: float, 
     client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"))
     recorder, stop = Recorder(), threading.Event()
 
-    def worker(index: int) -> None:
-        i = index
-        while not stop.is_set():
-            start = time.perf_counter()
-            out = client.triage(blobs[i % len(blobs)])
-            recorder.add((time.perf_counter() - start) * 1e3, out.error)
-            i += concurrency
-
     memory_samples: list[dict] = []
 
     def sample_memory() -> None:  # every 2 s: a window's memory is the mean of its samples, not one instant
@@ -107,10 +100,10 @@ def soak(grpc_url: str, server_pid: int, blobs: list[bytes], duration_s: float, 
     for blob in blobs[:4]:
         client.triage(blob)  # first calls pay one-off costs (sessions, allocations)
     threading.Thread(target=sample_memory, daemon=True).start()
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
+    load = ClosedLoop(client.triage, blobs, concurrency,
+                      lambda sent, answered, out: recorder.add((answered - sent) * 1e3, out.error))
     started = time.monotonic()
-    for thread in threads:
-        thread.start()
+    load.start()
     windows, all_errors = [], []
     while time.monotonic() - started < duration_s:
         time.sleep(min(window_s, max(0.0, duration_s - (time.monotonic() - started))))
@@ -129,8 +122,7 @@ def soak(grpc_url: str, server_pid: int, blobs: list[bytes], duration_s: float, 
             f"p50 {row.get('p50_ms', 0):6.0f} ms  p99 {row.get('p99_ms', 0):6.0f} ms  PSS {row['pss_mb']:7.0f} MB "
             f"(RSS sum {row['rss_mb']:.0f})", flush=True)
     stop.set()
-    for thread in threads:
-        thread.join(timeout=120)
+    load.stop()
     client.close()
     return {"summary": summarise(windows, all_errors, duration_s, concurrency, window_s, warmup_s), "windows": windows}
 

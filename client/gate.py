@@ -29,6 +29,7 @@ import numpy as np
 from client.thresholds import SHIPPED, next_version, shared_name
 from cxr.gate import NAMES, Detector, Gate, batch_features
 from cxr.lungmask import postprocess_mask
+from cxr.paths import REPO
 from cxr.pipeline import LocalPipeline
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
 from cxr.triage import Thresholds, gate_decision
@@ -38,7 +39,6 @@ from training.data.negatives import REPORTED_APART, corpus, turned_cxrs
 from training.evaluation import gate_report
 from training.model_card import rewrite_block
 
-REPO = Path(__file__).resolve().parents[1]
 REFUSE_QUANTILE, FLAG_QUANTILE = 0.995, 0.95
 MAX_REFUSED = 0.01  # of the real CXRs of any val source
 TURNED = ("cxr_rotated_90", "cxr_upside_down", "cxr_inverted")

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 from client.dicom_files import make_dicom
+from cxr.paths import SAMPLES
 
-BUNDLED = Path(__file__).resolve().parents[1] / "samples"
+BUNDLED = SAMPLES
 
 
 def write_samples(out: str | Path, source: str | Path = BUNDLED) -> list[Path]:

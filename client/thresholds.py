@@ -31,6 +31,7 @@ from cxr.cascade import stage2_input
 from cxr.gate import batch_features
 from cxr.labels import LABELS, UNTRAINED
 from cxr.lungmask import lung_fraction, postprocess_mask
+from cxr.paths import REPO, THRESHOLDS
 from cxr.pipeline import LocalPipeline
 from cxr.release_record import serving_pins
 from cxr.triage import PRIORITIES, Thresholds, needs_stage2, triage, with_stage2
@@ -38,8 +39,7 @@ from export.release import publish_thresholds
 from training.data.manifest import DATA_ROOT, DEFAULT_MANIFEST, Record, read_split, resolve_manifest
 from training.metrics import group_bootstrap
 
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "configs" / "triage_thresholds.json"
+SHIPPED = THRESHOLDS
 
 
 @dataclass

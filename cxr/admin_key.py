@@ -41,6 +41,11 @@ def ensure_key(path: str | Path) -> str:
     return file.read_text().strip()
 
 
+def key_from_env() -> str | None:
+    """The key in ``CXR_ADMIN_KEY``, or None when it is unset or blank."""
+    return os.environ.get(ENV, "").strip() or None
+
+
 def find_key(repository: str | Path, key_file: str | Path | None = None) -> str:
     """The admin key for the server on ``repository`` (see the module docstring for the order).
 
@@ -52,8 +57,8 @@ def find_key(repository: str | Path, key_file: str | Path | None = None) -> str:
         if not path.is_file():
             raise AdminKeyError(f"admin key file {path.resolve()} does not exist")
         return path.read_text().strip()
-    if os.environ.get(ENV, "").strip():
-        return os.environ[ENV].strip()
+    if (key := key_from_env()) is not None:
+        return key
     path = key_file_for(repository)
     if path.is_file():
         return path.read_text().strip()

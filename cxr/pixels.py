@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from cxr.acceptance import tag_refusal
+from cxr.errors import CxrError
 
 MIN_SIDE = 64
 MAX_SIDE = 8192
@@ -20,22 +21,20 @@ MAX_BYTES = 64 * 2**20  # encoded size; a CR/DX file is rarely above 30 MB
 NOT_FRONTAL_CHEST = "not a frontal chest radiograph"
 
 
-class ImageError(ValueError):
-    """An input that cannot be triaged; the message says what was wrong."""
-
-
-# Coarse kinds of refusal for metrics (message prefix -> kind); the message itself stays the detail.
-_KINDS = (("empty", "empty"), ("input too large", "too_large"), ("image too large", "too_large"),
-          ("image too small", "too_small"), (NOT_FRONTAL_CHEST, "not_a_radiograph"),
-          ("multi-frame", "unsupported"), ("unsupported", "unsupported"), ("unrecognised", "unsupported"),
-          ("DICOM without", "unsupported"), ("blank", "blank"), ("non-finite", "invalid_pixels"))
 REJECTION_KINDS = ("empty", "too_large", "too_small", "not_a_radiograph", "unsupported", "blank", "invalid_pixels",
                    "corrupt")
+"""Coarse kinds of refusal (the metrics' labels); the message stays the detail."""
 
 
-def rejection_kind(message: str) -> str:
-    """The metric label of an :class:`ImageError` message (``corrupt`` for truncated/undecodable files)."""
-    return next((kind for prefix, kind in _KINDS if message.startswith(prefix)), "corrupt")
+class ImageError(CxrError, ValueError):
+    """An input that cannot be triaged; the message says what was wrong, ``kind`` (one of
+    :data:`REJECTION_KINDS`) which sort of wrong it is (``corrupt``: truncated or undecodable)."""
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        if kind not in REJECTION_KINDS:
+            raise ValueError(f"unknown rejection kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ _OTHER_FORMATS = (
 def check_encoded_size(n_bytes: int) -> None:
     """Refuse an encoded input above :data:`MAX_BYTES` (clients check before sending, the server again)."""
     if n_bytes > MAX_BYTES:
-        raise ImageError(f"input too large: {n_bytes:,} bytes (maximum {MAX_BYTES // 2**20} MiB)")
+        raise ImageError(f"input too large: {n_bytes:,} bytes (maximum {MAX_BYTES // 2**20} MiB)", "too_large")
 
 
 def sniff_format(data: bytes) -> str:
@@ -68,7 +67,7 @@ def sniff_format(data: bytes) -> str:
         ImageError: empty or oversized input, or a format we do not accept (named when we know it).
     """
     if len(data) == 0:
-        raise ImageError("empty input (0 bytes)")
+        raise ImageError("empty input (0 bytes)", "empty")
     check_encoded_size(len(data))
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "png"
@@ -77,20 +76,22 @@ def sniff_format(data: bytes) -> str:
     if data[128:132] == b"DICM":
         return "dicom"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        raise ImageError("unsupported image format WebP; send DICOM, PNG or JPEG")
+        raise ImageError("unsupported image format WebP; send DICOM, PNG or JPEG", "unsupported")
     for magic, name in _OTHER_FORMATS:
         if data.startswith(magic):
-            raise ImageError(f"unsupported image format {name}; send DICOM, PNG or JPEG")
+            raise ImageError(f"unsupported image format {name}; send DICOM, PNG or JPEG", "unsupported")
     if data[:2] in (b"\x08\x00", b"\x02\x00") and data[2:4] in (b"\x00\x00", b"\x05\x00", b"\x08\x00", b"\x10\x00", b"\x16\x00"):
-        raise ImageError("DICOM without a Part 10 header (no 'DICM' at byte 128); send the file as a PACS stores it")
-    raise ImageError(f"unrecognised image format (first bytes {data[:8].hex()}); expected DICOM, PNG or JPEG")
+        raise ImageError("DICOM without a Part 10 header (no 'DICM' at byte 128); send the file as a PACS stores it",
+                         "unsupported")
+    raise ImageError(f"unrecognised image format (first bytes {data[:8].hex()}); expected DICOM, PNG or JPEG",
+                     "unsupported")
 
 
 def _check_size(height: int, width: int) -> None:
     if min(height, width) < MIN_SIDE:
-        raise ImageError(f"image too small: {width}x{height} px (minimum side {MIN_SIDE} px)")
+        raise ImageError(f"image too small: {width}x{height} px (minimum side {MIN_SIDE} px)", "too_small")
     if max(height, width) > MAX_SIDE:
-        raise ImageError(f"image too large: {width}x{height} px (maximum side {MAX_SIDE} px)")
+        raise ImageError(f"image too large: {width}x{height} px (maximum side {MAX_SIDE} px)", "too_large")
 
 
 def decode_image(data: bytes, draft_size: int | None = None) -> Decoded:
@@ -127,7 +128,8 @@ def _decode_raster(data: bytes, kind: str, draft_size: int | None) -> Decoded:
     except ImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageError(f"image too large: {name} rejected by the decompression-bomb guard ({exc})") from None
+        raise ImageError(f"image too large: {name} rejected by the decompression-bomb guard ({exc})",
+                         "too_large") from None
     except (OSError, SyntaxError, ValueError) as exc:
         detail = "cannot identify the image" if "cannot identify image file" in str(exc) else str(exc)
         raise ImageError(f"truncated or corrupt {name}: {detail}") from None
@@ -137,10 +139,10 @@ def _decode_raster(data: bytes, kind: str, draft_size: int | None) -> Decoded:
 def _checked(pixels: np.ndarray) -> np.ndarray:
     """Refuse pixel values no radiograph has: NaN/Inf, or one value everywhere (a blank frame)."""
     if not np.isfinite(pixels).all():
-        raise ImageError("non-finite pixel values (NaN or Inf)")
+        raise ImageError("non-finite pixel values (NaN or Inf)", "invalid_pixels")
     lo, hi = float(pixels.min()), float(pixels.max())
     if hi == lo:
-        raise ImageError(f"blank image: every pixel has the value {lo:g}")
+        raise ImageError(f"blank image: every pixel has the value {lo:g}", "blank")
     return pixels
 
 
@@ -178,12 +180,13 @@ def _dicom_pixels(ds) -> Decoded:
         raise ImageError("DICOM has no pixel data")
     refusal = tag_refusal(ds)
     if refusal is not None:
-        raise ImageError(f"{NOT_FRONTAL_CHEST} ({refusal})")
+        raise ImageError(f"{NOT_FRONTAL_CHEST} ({refusal})", "not_a_radiograph")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_size(rows, cols)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
-        raise ImageError(f"multi-frame DICOM ({frames} frames) is not supported; send one frame per instance")
+        raise ImageError(f"multi-frame DICOM ({frames} frames) is not supported; send one frame per instance",
+                         "unsupported")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     _check_decodable(syntax)
     if syntax is not None and syntax.is_compressed:
@@ -216,7 +219,7 @@ def _check_decodable(syntax) -> None:
     if syntax is None:
         return  # pydicom guesses from the dataset
     if not getattr(syntax, "is_transfer_syntax", False):
-        raise ImageError(f"unsupported transfer syntax {syntax!s}: not a DICOM image transfer syntax")
+        raise ImageError(f"unsupported transfer syntax {syntax!s}: not a DICOM image transfer syntax", "unsupported")
     if not syntax.is_compressed:
         return
     try:
@@ -224,7 +227,7 @@ def _check_decodable(syntax) -> None:
     except NotImplementedError:
         decoder = None
     if decoder is None or not decoder.is_available:
-        raise ImageError(f"unsupported transfer syntax {syntax.name} ({syntax!s}): no decoder installed")
+        raise ImageError(f"unsupported transfer syntax {syntax.name} ({syntax!s}): no decoder installed", "unsupported")
 
 
 def _check_complete_frame(ds, syntax) -> None:

@@ -19,17 +19,15 @@ from pathlib import Path
 
 from cxr.cpu import describe_cpu
 from cxr.labels import LABELS
+from cxr.model_config import render
+from cxr.paths import THRESHOLDS, WEIGHTS
 from cxr.release_record import STATE, VERSIONED, load_state, pins_of
 from cxr.specs import ENSEMBLE_NAME, MODEL_SPECS, PREPROCESS
-from cxr.model_config import render
 from export.pbtxt import INT8_ROLES, ONNX_FILES, PROFILES, repository_configs
 from export.release import model_version_string, save_state, write_configs, write_release
 from export.repository_files import ONNX_ADAPTER, install_python_model, sha256
 
-REPO = Path(__file__).resolve().parents[1]
-THRESHOLDS = REPO / "configs" / "triage_thresholds.json"
 ENGINE_SCRIPT = "build_engines.sh"
-WEIGHTS = REPO / "weights"
 
 
 def _export(role: str, onnx_path: Path, weights: Path, digest: str, previous: dict) -> dict:

@@ -6,7 +6,8 @@ import hashlib
 import shutil
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from cxr.paths import REPO
+
 SOURCES = REPO / "model_repository"
 ONNX_ADAPTER = "onnx_runtime"  # the python model that runs an ONNX graph with onnxruntime (cpu profiles)
 RUNTIME = "cxr"  # the package the python models import; the only code of ours a repository ships

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -124,31 +122,23 @@ class Answer(NamedTuple):
 
 
 class Load:
-    """Closed-loop clients sending real images without pause until the ``with`` block ends; ``answers``
-    holds one :class:`Answer` per request (the client retries transient errors, as a PACS integration does)."""
+    """Closed-loop clients (:class:`benchmarks.load.ClosedLoop`) sending real images without pause until the
+    ``with`` block ends; ``answers`` holds one :class:`Answer` per request (the client retries transient errors,
+    as a PACS integration does)."""
 
     def __init__(self, url: str, images: list[bytes], clients: int = 3) -> None:
+        from benchmarks.load import ClosedLoop
         from client.grpc_client import TriageClient
 
         self.client = TriageClient(url, outputs=("triage",))
-        self.images, self.answers, self.stop = images, [], threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(clients)]
-
-    def _run(self, k: int) -> None:
-        i = k
-        while not self.stop.is_set():
-            sent = time.monotonic()
-            out = self.client.triage(self.images[i % len(self.images)])
-            self.answers.append(Answer(sent, time.monotonic(), out.error, out.triage.get("release"), out.attempts))
-            i += len(self.threads)
+        self.answers: list[Answer] = []
+        self.loop = ClosedLoop(self.client.triage, images, clients, lambda sent, answered, out: self.answers.append(
+            Answer(sent, answered, out.error, out.triage.get("release"), out.attempts)))
 
     def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
+        self.loop.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
+        self.loop.stop(60)
         self.client.close()

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import yaml
 
+from cxr.paths import REPO, WEIGHTS
 from cxr.specs import ModelSpec
 
-REPO = Path(__file__).resolve().parents[1]
-WEIGHTS_DIR = REPO / "weights"
+WEIGHTS_DIR = WEIGHTS
 
 
 @dataclass

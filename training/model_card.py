@@ -15,7 +15,8 @@ import json
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from cxr.paths import REPO
+
 BEGIN, END = "<!-- generated:classifier -->", "<!-- /generated:classifier -->"
 
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-DEFAULT_MANIFEST = Path(os.environ.get("CXR_DATA", Path(__file__).resolve().parents[2] / "../shared/data/cxr")) / "manifest.csv"
+from cxr.paths import CXR_DATA
+
+DEFAULT_MANIFEST = CXR_DATA / "manifest.csv"
 DATA_ROOT = DEFAULT_MANIFEST.parent.parent
 """The folder holding the shared data sets; a config's ``manifests`` are relative to it."""
 KERMANY224_MANIFEST = DATA_ROOT / "kermany224" / "manifest.csv"

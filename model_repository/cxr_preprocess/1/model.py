@@ -8,7 +8,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cxr.metrics import record
-from cxr.pixels import REJECTION_KINDS, ImageError, rejection_kind
+from cxr.pixels import REJECTION_KINDS, ImageError
 from cxr.preprocess import prepare_bytes
 from cxr.specs import MODEL_SPECS, PREPROCESS
 
@@ -37,7 +37,7 @@ class TritonPythonModel:
                 ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except ImageError as exc:
-                record(self.rejected[rejection_kind(str(exc))].increment, 1)
+                record(self.rejected[exc.kind].increment, 1)
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad image: {exc}")))
             except Exception as exc:  # never let one request take the model down
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocess failed: {exc!r}")))
