@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from cxr.paths import REPO, WEIGHTS
 from cxr.specs import ModelSpec
+from training.config import TrainConfig
 
 WEIGHTS_DIR = WEIGHTS
 
@@ -24,7 +24,7 @@ class RunSetup:
     """What every training script starts from: parsed arguments, config, seeded generator, run folder."""
 
     args: argparse.Namespace
-    config: dict
+    config: TrainConfig
     epochs: int
     generator: torch.Generator
     out: Path
@@ -35,7 +35,7 @@ class RunSetup:
         if self.args.ship:
             shutil.copy(self.out / weights_name, WEIGHTS_DIR / weights_name)
             shipped = {k: metrics[k] for k in ("model", "epochs", "val", "test", "config")}
-            write_json(WEIGHTS_DIR / f"{self.config['model']}.metrics.json", shipped)
+            write_json(WEIGHTS_DIR / f"{self.config.model}.metrics.json", shipped)
         return metrics
 
 
@@ -66,11 +66,11 @@ def start_run(
         parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: bf16 autocast")
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    args.manifest = [resolve_manifest(m) for m in (args.manifest or config.get("manifests") or [DEFAULT_MANIFEST])]
+    args.manifest = [resolve_manifest(m) for m in (args.manifest or config.manifests or [DEFAULT_MANIFEST])]
     if args.seed is not None:
-        config["seed"] = args.seed
-    generator = seed_everything(config["seed"])
-    torch.set_num_threads(config.get("threads", 2))
+        config.seed = args.seed
+    generator = seed_everything(config.seed)
+    torch.set_num_threads(config.threads)
     # Tiny Adam moments and gradients late in a schedule become denormal floats, which the CPU handles
     # in microcode at a fraction of normal speed; flushing them to zero keeps the step time flat.
     torch.set_flush_denormal(True)
@@ -78,13 +78,13 @@ def start_run(
     out = Path(resume) if resume else run_dir(kind)
     if resume and not out.is_dir():
         raise SystemExit(f"--resume: no run folder {out}")
-    return RunSetup(args, config, args.epochs or config["epochs"], generator, out)
+    return RunSetup(args, config, args.epochs or config.epochs, generator, out)
 
 
-def experiment_spec(served: ModelSpec, config: dict) -> ModelSpec:
+def experiment_spec(served: ModelSpec, config: TrainConfig) -> ModelSpec:
     """The spec a config trains: the served one with the config's ``model`` and, if set, its ``input_size``."""
-    size = config.get("input_size")
-    return replace(served, name=config["model"], input_size=(size, size) if size else served.input_size)
+    size = config.input_size
+    return replace(served, name=config.model, input_size=(size, size) if size else served.input_size)
 
 
 def refuse_unservable_ship(ship: bool, spec: ModelSpec, weights_name: str, served: ModelSpec) -> None:
@@ -104,9 +104,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def load_config(path: str | Path) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)
+def load_config(path: str | Path) -> TrainConfig:
+    """The recipe in ``path`` (raises ``ValueError`` naming an unknown or missing key)."""
+    return TrainConfig.from_yaml(path)
 
 
 def run_dir(kind: str, root: str | Path = REPO / "runs") -> Path:

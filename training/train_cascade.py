@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     (x_train, y_train), (x_val, y_val) = split("train"), split("val")
     loader = DataLoader(TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
-                        batch_size=cfg["batch_size"], shuffle=True, generator=generator, drop_last=True)
-    model = create_model(cfg["model"], num_classes=2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=epochs * len(loader))
-    transform = augmenter(cfg["clahe_p"])
+                        batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=True)
+    model = create_model(cfg.model, num_classes=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=epochs * len(loader))
+    transform = augmenter(cfg.clahe_p)
     labels = list(COVID_STAGE2.labels)
     history, best = [], -1.0
     for epoch in range(1, epochs + 1):
@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> dict:
         losses = []
         for x, y in tqdm(loader, desc=f"cascade epoch {epoch}/{epochs}"):
             x = augment(x, transform)
-            if torch.rand(1, generator=generator).item() < cfg["moex_p"]:
+            if torch.rand(1, generator=generator).item() < cfg.moex_p:
                 perm = torch.randperm(len(x), generator=generator)
                 with model.moex.exchange(perm):
-                    loss = moex_loss(model(x), y, perm, cfg["moex_lambda"])
+                    loss = moex_loss(model(x), y, perm, cfg.moex_lambda)
             else:
                 loss = torch.nn.functional.cross_entropy(model(x), y)
             optimizer.zero_grad()
@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
         score = val["per_class"]["covid"]["auc"] or 0.0
         if score > best:
             best = score
-            save_weights(model, out / COVID_STAGE2.weights, {"model": cfg["model"], "epoch": epoch, "val_auc": best, "config": cfg})
-        plot_curves(history, ["train_loss", "val_accuracy"], out / "curves.png", f"{cfg['model']} (stage 2)")
+            save_weights(model, out / COVID_STAGE2.weights, {"model": cfg.model, "epoch": epoch, "val_auc": best, "config": cfg.to_dict()})
+        plot_curves(history, ["train_loss", "val_accuracy"], out / "curves.png", f"{cfg.model} (stage 2)")
 
     load_weights(model, out / COVID_STAGE2.weights)
     x_test, y_test = split("test")
-    metrics = {"model": cfg["model"], "config": cfg, "epochs": epochs, "history": history,
+    metrics = {"model": cfg.model, "config": cfg.to_dict(), "epochs": epochs, "history": history,
                "val": classification_report(y_val, predict(model, x_val), labels),
                "test": classification_report(y_test, predict(model, x_test), labels)}
     print("test", {k: metrics["test"][k] for k in ("accuracy", "macro_f1")}, "->", out, flush=True)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cxr.labels import LABELS
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
 from training.calibration import fit_temperature
+from training.config import TrainConfig
 from training.common import (
     REPO, WEIGHTS_DIR, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
 )
@@ -96,13 +97,13 @@ def split_report(dataset: ClassificationDataset, probs: np.ndarray) -> dict:
 class Trainer:
     """Model, EMA copy, optimizer and schedule of one run, with the checkpoint that restores all of them."""
 
-    def __init__(self, cfg: dict, steps: int) -> None:
-        self.model = create_model(cfg["model"], num_classes=len(LABELS)).to(memory_format=torch.channels_last)
-        self.ema = copy.deepcopy(self.model).eval() if cfg.get("ema_decay") else None
-        self.ema_decay = cfg.get("ema_decay", 0.0)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, cfg["lr"], total_steps=steps,
-                                                             pct_start=cfg.get("warmup_fraction", 0.3))
+    def __init__(self, cfg: TrainConfig, steps: int) -> None:
+        self.model = create_model(cfg.model, num_classes=len(LABELS)).to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).eval() if cfg.ema_decay else None
+        self.ema_decay = cfg.ema_decay
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, cfg.lr, total_steps=steps,
+                                                             pct_start=cfg.warmup_fraction)
         self.history: list[dict] = []
         self.best, self.stale, self.seconds = -1.0, 0, 0.0
 
@@ -146,16 +147,16 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
 
-def train_epoch(trainer: Trainer, loader: DataLoader, cfg: dict, generator: torch.Generator, desc: str) -> float:
+def train_epoch(trainer: Trainer, loader: DataLoader, cfg: TrainConfig, generator: torch.Generator, desc: str) -> float:
     model = trainer.model
     model.train()
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     losses = []
     for image, mask, target in tqdm(loader, desc=desc):
-        if hasattr(model, "moex") and torch.rand(1, generator=generator).item() < cfg.get("moex_p", 0.0):
+        if hasattr(model, "moex") and torch.rand(1, generator=generator).item() < cfg.moex_p:
             perm = torch.randperm(len(image), generator=generator)  # MoEx (SEME models)
             with model.moex.exchange(perm):
-                loss = moex_loss(forward(model, image, mask), target, perm, cfg["moex_lambda"])
+                loss = moex_loss(forward(model, image, mask), target, perm, cfg.moex_lambda)
         else:
             loss = criterion(forward(model, image, mask), target)
         trainer.optimizer.zero_grad()
@@ -172,25 +173,25 @@ def main(argv: list[str] | None = None) -> dict:
     args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
     # Other registered classifiers (``cxr report``) train with the same recipe, optionally at another size.
     spec = experiment_spec(CLASSIFIER, cfg)
-    weights_name = spec.weights if cfg["model"] == CLASSIFIER.name else f"{cfg['model']}.pt"
+    weights_name = spec.weights if cfg.model == CLASSIFIER.name else f"{cfg.model}.pt"
     refuse_unservable_ship(args.ship, spec, weights_name, CLASSIFIER)
 
-    segmenter = create_model(cfg["segmenter"])
+    segmenter = create_model(cfg.segmenter)
     load_weights(segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
     splits = {}
     for split in ("train", "val", "test"):
         records = evenly(read_manifests(args.manifest, split), args.limit)  # --limit: smoke runs see every source
         masks = segment(records, segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
         splits[split] = ClassificationDataset(records, spec, masks, augment=split == "train",
-                                              aspect_jitter=tuple(cfg.get("aspect_jitter", (1.0, 1.0))))
-    loader = DataLoader(splits["train"], batch_size=cfg["batch_size"], shuffle=True, generator=generator, drop_last=True)
+                                              aspect_jitter=cfg.aspect_jitter)
+    loader = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=True)
 
     trainer = Trainer(cfg, epochs * len(loader))
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         trainer.load(checkpoint, generator)
         print(f"resumed {out} after epoch {len(trainer.history)} (best val macro-F1 {trainer.best:.4f})", flush=True)
-    patience = cfg.get("patience")
+    patience = cfg.patience
     for epoch in range(len(trainer.history) + 1, epochs + 1):
         if patience and trainer.stale >= patience:
             print(f"early stop: val macro-F1 has not improved for {patience} epochs", flush=True)
@@ -210,20 +211,20 @@ def main(argv: list[str] | None = None) -> dict:
         if val["macro_f1"] > trainer.best:
             trainer.best, trainer.stale = val["macro_f1"], 0
             save_weights(trainer.candidates[chosen], out / weights_name,
-                         {"model": cfg["model"], "epoch": epoch, "weights": chosen, "val_macro_f1": trainer.best,
-                          "config": cfg})
+                         {"model": cfg.model, "epoch": epoch, "weights": chosen, "val_macro_f1": trainer.best,
+                          "config": cfg.to_dict()})
         else:
             trainer.stale += 1
         trainer.save(checkpoint, generator)
         plot_curves(trainer.history, ["train_loss", "val_accuracy", "val_macro_f1"], out / "curves.png",
-                    f"{cfg['model']} training")
+                    f"{cfg.model} training")
 
     model = trainer.model  # the best epoch's chosen weights (raw or EMA) are loaded into it
     meta = load_weights(model, out / weights_name)
     logits = {split: predict_logits(model, splits[split]) for split in ("val", "test")}
     temperature = fit_temperature(logits["val"], splits["val"].targets)
     save_weights(model, out / weights_name, {**meta, "temperature": temperature})
-    metrics = {"model": cfg["model"], "config": cfg, "epochs": len(trainer.history), "history": trainer.history,
+    metrics = {"model": cfg.model, "config": cfg.to_dict(), "epochs": len(trainer.history), "history": trainer.history,
                "run_dir": str(out), "manifests": [str(m) for m in args.manifest], "train_seconds": round(trainer.seconds),
                "train_images": len(splits["train"]), "temperature": temperature}
     for split in ("val", "test"):
@@ -232,9 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
         before = calibration_bins(splits[split].targets, softmax(logits[split], axis=1))
         metrics[split]["calibration"] = {"uncalibrated": before["ece"], **calibration_bins(splits[split].targets, probs)}
         plot_reliability({"before (T = 1)": before, f"after (T = {temperature:.2f})": metrics[split]["calibration"]},
-                         out / f"reliability_{split}.png", f"{cfg['model']} ({split}), 15 bins")
-        plot_confusion(metrics[split]["confusion_matrix"], list(LABELS), out / f"confusion_{split}.png", f"{cfg['model']} ({split})")
-        plot_roc(np.asarray(splits[split].targets), probs, list(LABELS), out / f"roc_{split}.png", f"{cfg['model']} ({split})")
+                         out / f"reliability_{split}.png", f"{cfg.model} ({split}), 15 bins")
+        plot_confusion(metrics[split]["confusion_matrix"], list(LABELS), out / f"confusion_{split}.png", f"{cfg.model} ({split})")
+        plot_roc(np.asarray(splits[split].targets), probs, list(LABELS), out / f"roc_{split}.png", f"{cfg.model} ({split})")
     print("test accuracy", metrics["test"]["accuracy"], "macro-F1", metrics["test"]["macro_f1"],
           f"temperature {temperature:.3f}, train {trainer.seconds / 60:.1f} min ->", out, flush=True)
     return run.finish(metrics, weights_name)
