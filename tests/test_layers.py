@@ -8,6 +8,7 @@ run inside Triton import only the runtime layer. A new upward import fails ``mak
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,3 +115,37 @@ def test_python_models_inside_triton_import_only_the_runtime():
     for path in sorted((REPO / "model_repository").rglob("model.py")):
         ours = {target.split(".")[0] for target, _, _ in _imports(path)}
         assert ours <= {"cxr"}, f"{path.relative_to(REPO)} imports {sorted(ours - {'cxr'})}"
+
+
+def _layout() -> dict[str, set[str]]:
+    """README "Layout": folder -> the file names (``a.py``, ``models/b.py``) listed on its lines."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Layout\n", 1)[1].split("```\n", 2)[1]
+    listed: dict[str, set[str]] = {}
+    folder = None
+    for line in block.splitlines():
+        head = line.split(" ", 1)[0]
+        if head.endswith("/") and not line.startswith(" "):
+            folder = head.rstrip("/")
+            listed[folder] = set()
+        if folder is None:
+            continue
+        for token in re.findall(r"[\w/]*(?:\{[\w,]+\})?[\w/]*\.py\b", line):
+            if "{" in token:
+                stem, names, rest = re.match(r"(.*)\{([\w,]+)\}(.*)", token).groups()
+                listed[folder].update(f"{stem}{n}{rest}" for n in names.split(","))
+            else:
+                listed[folder].add(token)
+    return listed
+
+
+def test_the_readme_layout_matches_the_tree():
+    listed = _layout()
+    assert set(LAYER) <= set(listed), f"packages missing from README's Layout: {sorted(set(LAYER) - set(listed))}"
+    for folder, names in listed.items():
+        for name in names:
+            assert list((REPO / folder).rglob(name)), f"README's Layout lists {folder}/{name}, which does not exist"
+    for package in set(LAYER) - {"cli"}:  # cli: one module per command, described as such
+        modules = {p.name for p in (REPO / package).glob("*.py") if p.name != "__init__.py"}
+        named = {Path(n).name for n in listed[package]}
+        assert modules <= named, f"{package}/ modules not in README's Layout: {sorted(modules - named)}"
