@@ -14,10 +14,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cxr.specs import LABEL, PROBABILITIES, TRIAGE
+
 # send(image_bytes) -> None on success, or an error message.
 Send = Callable[[bytes], "str | None"]
 
 PERCENTILES = (50, 90, 95, 99)
+OUTPUTS = tuple(t.name for t in (LABEL, TRIAGE, PROBABILITIES))  # what every load asks the ensemble for
 
 
 def requests_for(concurrency: int, minimum: int = 96, per_worker: int = 4) -> int:

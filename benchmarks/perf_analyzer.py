@@ -29,7 +29,7 @@ import zipfile
 from pathlib import Path
 
 from benchmarks.images import benchmark_images
-from benchmarks.load import requests_for, run_load
+from benchmarks.load import OUTPUTS, requests_for, run_load
 from client.grpc_client import TriageClient
 from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
 from ops.ports import free_port
@@ -101,7 +101,7 @@ def compare(concurrency=(1, 4, 16, 64), repository: str = "build/model_repositor
     input_data = write_input_data(blobs, out / "perf_analyzer_input.json")
     rows = []
     with TritonServer(repository, free_port(), free_port(), free_port()) as server:
-        client = TriageClient(server.grpc_url, outputs=("label", "triage", "probabilities"))
+        client = TriageClient(server.grpc_url, outputs=OUTPUTS)
         for c in concurrency:
             theirs = run_perf_analyzer(binary, server.grpc_url, input_data, c, requests_for(c))
             ours = run_load(lambda b: client.triage(b).error, blobs, c, requests_for(c))

@@ -29,7 +29,7 @@ from typing import Callable
 
 from benchmarks import raw as raw_bench
 from benchmarks.images import benchmark_images
-from benchmarks.load import requests_for, run_load
+from benchmarks.load import OUTPUTS, requests_for, run_load
 from benchmarks.triton_stats import breakdown, snapshot
 from client.grpc_client import TriageClient
 from cxr.admin_key import key_from_env
@@ -69,7 +69,7 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
     """
 
     def levels(grpc_url: str, admin_key: str | None) -> list[dict]:
-        client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"), shared_memory=shared_memory,
+        client = TriageClient(grpc_url, outputs=OUTPUTS, shared_memory=shared_memory,
                               admin_key=admin_key)
         send = lambda blob: client.triage(blob).error  # noqa: E731
         rows = []

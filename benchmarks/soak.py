@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.images import benchmark_images
-from benchmarks.load import ClosedLoop
+from benchmarks.load import OUTPUTS, ClosedLoop
 from benchmarks.run import PROFILES, ensure_repository
 from client.grpc_client import TriageClient
 from ops.ports import free_port
@@ -87,7 +87,7 @@ def soak(grpc_url: str, server_pid: int, blobs: list[bytes], duration_s: float, 
          window_s: float = 10.0, warmup_s: float = 30.0, log=print) -> dict:
     """Run the soak against a running server; returns the summary and the per-window rows."""
 
-    client = TriageClient(grpc_url, outputs=("label", "triage", "probabilities"))
+    client = TriageClient(grpc_url, outputs=OUTPUTS)
     recorder, stop = Recorder(), threading.Event()
 
     memory_samples: list[dict] = []

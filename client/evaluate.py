@@ -20,6 +20,7 @@ from client.grpc_client import TriageClient
 from cxr.labels import LABELS
 from cxr.pixels import NOT_FRONTAL_CHEST
 from cxr.triage import gate_decision
+from cxr.specs import LUNG_MASK, PROBABILITIES, TRIAGE
 from training.data.manifest import Record
 from training.evaluation import Predict, Predictions
 from training.evaluation import evaluate as evaluate_with
@@ -29,7 +30,7 @@ def grpc_predictions(url: str) -> Predict:
     """Predictions of the served ensemble at ``url`` (what a PACS integration gets back)."""
     def predict(records: list[Record], bar: tqdm) -> Predictions:
         probs, masks, errors, decisions = [], [], [], []
-        client = TriageClient(url, outputs=("probabilities", "lung_mask", "triage"))
+        client = TriageClient(url, outputs=(PROBABILITIES.name, LUNG_MASK.name, TRIAGE.name))
         for out in client.triage_many(((str(r.image), r.image) for r in records), concurrency=8):
             bar.update()
             if out.error:
@@ -38,8 +39,8 @@ def grpc_predictions(url: str) -> Predict:
                 masks.append(None)
                 decisions.append("refuse" if NOT_FRONTAL_CHEST in out.error else "error")
                 continue
-            probs.append(out.arrays["probabilities"][0])
-            masks.append(out.arrays["lung_mask"][0, 0])
+            probs.append(out.arrays[PROBABILITIES.name][0])
+            masks.append(out.arrays[LUNG_MASK.name][0, 0])
             decisions.append(gate_decision(out.triage))
         return probs, masks, errors, decisions
 

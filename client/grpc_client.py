@@ -24,9 +24,9 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 from cxr.admin_key import GRPC_ADMIN_HEADER
 from cxr.labels import reported_probabilities
 from cxr.pixels import MAX_BYTES, ImageError, check_encoded_size
-from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES
+from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES, LABEL, LUNG_FRACTION, PROBABILITIES, TRIAGE
 
-DEFAULT_OUTPUTS = ("label", "triage", "lung_fraction", "probabilities")
+DEFAULT_OUTPUTS = tuple(t.name for t in (LABEL, TRIAGE, LUNG_FRACTION, PROBABILITIES))
 MAX_MESSAGE_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, plus the rest of the message
 # Errors worth retrying: the server is unreachable or restarting, or a model instance's stub died and is
 # being reloaded (ops.watchdog.StubWatchdog). Inference is a pure function of the image, so a retry is safe.
@@ -239,14 +239,14 @@ class TriageClient:
 def _parse(name: str, result, outputs: tuple[str, ...], latency_ms: float, request_id: str) -> TriageOutput:
     arrays = {n: result.as_numpy(n) for n in outputs}
     out = TriageOutput(name, latency_ms=latency_ms, request_id=request_id, arrays=arrays)
-    if "label" in arrays:
-        out.label = _text(arrays["label"])
-    if "triage" in arrays:
-        out.triage = json.loads(_text(arrays["triage"]))
-    if "lung_fraction" in arrays:
-        out.lung_fraction = round(float(arrays["lung_fraction"].reshape(-1)[0]), 4)
-    if "probabilities" in arrays:
-        out.probabilities = reported_probabilities(arrays["probabilities"].reshape(-1))
+    if LABEL.name in arrays:
+        out.label = _text(arrays[LABEL.name])
+    if TRIAGE.name in arrays:
+        out.triage = json.loads(_text(arrays[TRIAGE.name]))
+    if LUNG_FRACTION.name in arrays:
+        out.lung_fraction = round(float(arrays[LUNG_FRACTION.name].reshape(-1)[0]), 4)
+    if PROBABILITIES.name in arrays:
+        out.probabilities = reported_probabilities(arrays[PROBABILITIES.name].reshape(-1))
     return out
 
 

@@ -93,6 +93,10 @@ LUNG_SEGMENTATION = ModelSpec(
 
 CLS_IMAGE = TensorSpec("cls_image", "TYPE_FP32", (1, *CLS_SIZE))
 CLS_MASK = TensorSpec("lung_mask", "TYPE_FP32", (1, *SEG_SIZE))
+LOGITS = TensorSpec("logits", "TYPE_FP32", (len(LABELS),))
+PROBABILITIES = TensorSpec("probabilities", "TYPE_FP32", (len(LABELS),))
+"""Calibrated class probabilities, in :data:`cxr.labels.LABELS` order (classifier and ensemble output)."""
+CAM = TensorSpec("cam", "TYPE_FP32", (len(LABELS), *CAM_SIZE))
 
 
 def classifier_spec(name: str, mask_attention: bool) -> ModelSpec:
@@ -104,9 +108,9 @@ def classifier_spec(name: str, mask_attention: bool) -> ModelSpec:
         input_size=CLS_SIZE,
         inputs=(CLS_IMAGE, CLS_MASK) if mask_attention else (CLS_IMAGE,),
         outputs=(
-            TensorSpec("logits", "TYPE_FP32", (len(LABELS),)),
-            TensorSpec("probabilities", "TYPE_FP32", (len(LABELS),)),
-            TensorSpec("cam", "TYPE_FP32", (len(LABELS), *CAM_SIZE)),
+            LOGITS,
+            PROBABILITIES,
+            CAM,
         ),
         weights=f"{name}.pt",
         labels=LABELS,
@@ -121,6 +125,8 @@ CLASSIFIER = classifier_spec("mobilenetv2_mdconv", mask_attention=False)
 STAGE2_SIZE = (128, 128)
 STAGE2_LABELS = ("other_viral", "covid")
 
+STAGE2_PROBABILITIES = TensorSpec("stage2_probabilities", "TYPE_FP32", (len(STAGE2_LABELS),))
+
 COVID_STAGE2 = ModelSpec(
     name="seme_densenet169",
     role="covid_stage2",
@@ -128,7 +134,7 @@ COVID_STAGE2 = ModelSpec(
     inputs=(TensorSpec("stage2_image", "TYPE_FP32", (1, *STAGE2_SIZE)),),
     outputs=(
         TensorSpec("stage2_logits", "TYPE_FP32", (len(STAGE2_LABELS),)),
-        TensorSpec("stage2_probabilities", "TYPE_FP32", (len(STAGE2_LABELS),)),
+        STAGE2_PROBABILITIES,
     ),
     weights="seme_densenet169.pt",
     labels=STAGE2_LABELS,
@@ -160,6 +166,12 @@ PREPROCESS = StepSpec(
     instance_count=2,
 )
 
+# What the ensemble returns besides the classifier's probabilities and CAM (the router writes them).
+LABEL = TensorSpec("label", "TYPE_STRING", (1,))
+TRIAGE = TensorSpec("triage", "TYPE_STRING", (1,))  # JSON
+LUNG_FRACTION = TensorSpec("lung_fraction", "TYPE_FP32", (1,))
+LUNG_MASK = TensorSpec("lung_mask", "TYPE_UINT8", (1, *SEG_SIZE))  # post-processed
+
 ROUTER = StepSpec(
     role="triage_router",
     inputs=(
@@ -169,12 +181,12 @@ ROUTER = StepSpec(
         CLS_IMAGE,  # the cascade's stage 2 is built from it (cxr.cascade)
     ),
     outputs=(
-        TensorSpec("label", "TYPE_STRING", (1,)),
-        TensorSpec("triage", "TYPE_STRING", (1,)),
-        TensorSpec("lung_fraction", "TYPE_FP32", (1,)),
-        TensorSpec("lung_mask", "TYPE_UINT8", (1, *SEG_SIZE)),
-        CLASSIFIER.output("probabilities"),
-        CLASSIFIER.output("cam"),
+        LABEL,
+        TRIAGE,
+        LUNG_FRACTION,
+        LUNG_MASK,
+        PROBABILITIES,
+        CAM,
     ),
     instance_count=2,  # one can wait on the stage-2 BLS call while the other routes the next batch
 )

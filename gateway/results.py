@@ -30,6 +30,7 @@ from pydicom.valuerep import DA, TM
 from cxr import __version__
 from cxr.labels import LABELS
 from cxr.preprocess import letterbox_geometry
+from cxr.specs import CAM, LUNG_MASK
 
 MANUFACTURER = "cxr-triage"
 SOFTWARE = "cxr-triage gateway"
@@ -79,8 +80,8 @@ class Triaged:
     def from_output(cls, out) -> "Triaged":
         """From a :class:`client.grpc_client.TriageOutput` fetched with ``lung_mask`` and ``cam``."""
         return cls(label=out.label, probabilities={k: out.probabilities[k] for k in LABELS}, triage=out.triage,
-                   lung_fraction=out.lung_fraction, lung_mask=np.asarray(out.arrays["lung_mask"][0, 0]),
-                   cam=np.asarray(out.arrays["cam"][0]), request_id=out.request_id,
+                   lung_fraction=out.lung_fraction, lung_mask=np.asarray(out.arrays[LUNG_MASK.name][0, 0]),
+                   cam=np.asarray(out.arrays[CAM.name][0]), request_id=out.request_id,
                    model_versions=out.triage.get("model_versions", {}))
 
 

@@ -35,6 +35,7 @@ from pynetdicom.sop_class import Verification
 from client.grpc_client import TriageClient, is_transient
 from cxr.acceptance import tag_refusal
 from cxr.pixels import decode_image
+from cxr.specs import ENSEMBLE_OUTPUTS
 from gateway.dicomweb import stow
 from gateway.outbox import Deliverer, Destinations, Outbox
 from gateway.results import Triaged, package
@@ -154,8 +155,7 @@ class Gateway:
         if not config.destination and not config.stow:
             raise ValueError("the gateway needs a destination for its results: a C-STORE destination or a STOW-RS URL")
         self.destination = parse_destination(config.destination) if config.destination else None
-        outputs = ("label", "triage", "probabilities", "lung_fraction", "lung_mask", "cam")
-        self.client = TriageClient(config.triton, outputs=outputs)
+        self.client = TriageClient(config.triton, outputs=tuple(t.name for t in ENSEMBLE_OUTPUTS))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

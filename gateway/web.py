@@ -18,6 +18,7 @@ from flask import Flask, Response, request
 from client.grpc_client import TriageClient
 from cxr.labels import LABELS
 from cxr.pixels import MAX_BYTES, decode_image
+from cxr.specs import ENSEMBLE_OUTPUTS
 from gateway.results import Triaged, overlay
 
 MAX_UPLOAD_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, plus the form's own bytes
@@ -66,7 +67,7 @@ def _result_html(name: str, out, overlay_png: str = "") -> str:
 
 
 def create_app(triton_url: str, registry=None) -> Flask:
-    client = TriageClient(triton_url, outputs=("label", "triage", "probabilities", "lung_fraction", "lung_mask", "cam"))
+    client = TriageClient(triton_url, outputs=tuple(t.name for t in ENSEMBLE_OUTPUTS))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
 
