@@ -85,7 +85,7 @@ def _gradcam(wrapped: nn.Module, classifier: nn.Module, x: torch.Tensor, index: 
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    with GradCAM(model=wrapped, target_layers=[classifier.backbone.bn2]) as cam:
+    with GradCAM(model=wrapped, target_layers=[classifier.cam_layer]) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(index)])[0]
     rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32) / 255
     return heat, show_cam_on_image(rgb, heat, use_rgb=True)

@@ -63,12 +63,16 @@ def test_mdconv_only_in_stride16_groups():
     assert not any(isinstance(m, MixedConv2d) for m in create_model("mobilenetv2").modules())
 
 
-def test_classifier_cam_is_the_linear_head_at_every_position():
-    model = create_model("mobilenetv2_mdconv").eval()
+@pytest.mark.parametrize("name", ["mobilenetv2_mdconv", "resnet18", "resnet18_ma"])
+def test_classifier_cam_is_the_linear_head_at_every_position(name):
+    model = create_model(name).eval()
+    image, mask = torch.randn(2, 1, 128, 128), (torch.rand(2, 1, 128, 128) > 0.5).float()
     with torch.no_grad():
-        features = model.forward_features(torch.randn(2, 1, 128, 128))
+        features = model.forward_features(image, mask)
         cam = model.class_activation_map(features)
         torch.testing.assert_close(cam.mean(dim=(2, 3)), model.forward_head(features), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.forward_head(features), model(image, mask))  # the served graph = the model
+    assert features.shape[-1] == 128 // 32 and model.cam_layer is not None
 
 
 def test_resunet_rejects_sizes_not_divisible_by_stride():

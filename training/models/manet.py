@@ -14,6 +14,8 @@ right before the block's activation (:class:`training.layers.MaskedOutput` aroun
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torchvision.models as tvm
 from timm.layers.cbam import CbamModule
@@ -87,12 +89,43 @@ class MaskedClassifier(nn.Module):
         return self.mask_context is not None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.mask_context is None:
+        with self._mask(x, mask):
             return self.backbone(x)
+
+    def _mask(self, x: torch.Tensor, mask: torch.Tensor | None):
+        if self.mask_context is None:
+            return contextlib.nullcontext()
         if mask is None:
             raise ValueError("this model uses mask attention: pass the lung mask (B, 1, H, W)")
-        with self.mask_context.use(mask.to(x.dtype)):
-            return self.backbone(x)
+        return self.mask_context.use(mask.to(x.dtype))
+
+    # The served classifier's interface (training.serving_graph.ClassifierGraph), for the ResNets: their head is
+    # global average pooling + one linear layer, so the class-activation map is that layer at every position.
+    def _resnet(self) -> tvm.ResNet:
+        if not isinstance(self.backbone, tvm.ResNet):
+            raise TypeError(f"features/CAM are defined for the ResNets here, not {type(self.backbone).__name__}")
+        return self.backbone
+
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, H, W)`` image (+ lung mask with MA) -> ``(B, 512 or 2048, H/32, W/32)`` features."""
+        net = self._resnet()
+        with self._mask(x, mask):
+            x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+            return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        net = self._resnet()
+        return net.fc(torch.flatten(net.avgpool(features), 1))
+
+    def class_activation_map(self, features: torch.Tensor) -> torch.Tensor:
+        """CAM ``(B, num_classes, h, w)``: the linear head applied at every position (GAP+linear => Grad-CAM)."""
+        fc = self._resnet().fc
+        return torch.einsum("kc,bchw->bkhw", fc.weight, features) + fc.bias[None, :, None, None]
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The layer Grad-CAM reads (the last feature map)."""
+        return self._resnet().layer4
 
 
 def _first_conv(model: nn.Module) -> str:

@@ -93,6 +93,11 @@ class MaskedMobileNetV2(nn.Module):
         bias = self.backbone.classifier.bias
         return torch.einsum("kc,bchw->bkhw", weight, features) + bias[None, :, None, None]
 
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The layer Grad-CAM reads (the last feature map, after its batch norm)."""
+        return self.backbone.bn2
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Return logits ``(B, num_classes)``."""
         return self.forward_head(self.forward_features(x, mask))
