@@ -28,10 +28,15 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 
 def _weights(tmp_path, name: str, edit) -> str:
+    """The shipped classifier with ``edit(weight, bias)`` applied to its linear head."""
     import torch
 
+    from training.models import create_model
+
+    model = create_model(CLASSIFIER.name)
+    head = next(n for n, m in model.named_modules() if m is model.head)
     checkpoint = torch.load(REPO / "weights" / CLASSIFIER.weights, map_location="cpu", weights_only=False)
-    edit(checkpoint["state_dict"])
+    edit(checkpoint["state_dict"][f"{head}.weight"], checkpoint["state_dict"][f"{head}.bias"])
     path = tmp_path / f"{name}.pt"
     torch.save(checkpoint, path)
     return str(path)
@@ -62,8 +67,8 @@ def test_publish_promote_rollback_under_load_without_a_failed_request(repository
     repo = tmp_path / "model_repository"
     shutil.copytree(repository, repo)
     manifest = _gate_manifest(data_dir, tmp_path)
-    nudged = _weights(tmp_path, "nudged", lambda sd: sd["backbone.classifier.bias"].add_(torch.tensor(0.01).half()))
-    broken = _weights(tmp_path, "broken", lambda sd: (sd["backbone.classifier.weight"].zero_(), sd["backbone.classifier.bias"].zero_()))
+    nudged = _weights(tmp_path, "nudged", lambda weight, bias: bias.add_(torch.tensor(0.01).half()))
+    broken = _weights(tmp_path, "broken", lambda weight, bias: (weight.zero_(), bias.zero_()))
 
     server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "triton.log").start(timeout_s=240)
     rollout = Rollout(repo, server.admin)

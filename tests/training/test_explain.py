@@ -37,7 +37,7 @@ def test_gradcam_equals_the_served_class_activation_map(models, covid_jpeg):
         mask = segmenter(torch.from_numpy(PrepareInput(LUNG_SEGMENTATION)(pixels)[None]))
         features = classifier.forward_features(torch.from_numpy(PrepareInput(CLASSIFIER)(pixels)[None]), mask)
         cam = classifier.class_activation_map(features)[0, LABELS.index(result.label)]
-        cam = cam - classifier.backbone.classifier.bias[LABELS.index(result.label)]
+        cam = cam - classifier.head.bias[LABELS.index(result.label)]
         served = torch.nn.functional.interpolate(cam.relu()[None, None], size=(256, 256), mode="bilinear")[0, 0]
     corr = np.corrcoef(served.numpy().ravel(), result.heatmap.ravel())[0, 1]
     assert corr >= 0.95, corr

@@ -72,7 +72,7 @@ def test_classifier_cam_is_the_linear_head_at_every_position(name):
         cam = model.class_activation_map(features)
         torch.testing.assert_close(cam.mean(dim=(2, 3)), model.forward_head(features), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(model.forward_head(features), model(image, mask))  # the served graph = the model
-    assert features.shape[-1] == 128 // 32 and model.cam_layer is not None
+    assert features.shape[-1] == 128 // 32 and model.cam_layer is not None and model.head.out_features == 5
 
 
 def test_resunet_rejects_sizes_not_divisible_by_stride():

@@ -117,10 +117,14 @@ class MaskedClassifier(nn.Module):
         net = self._resnet()
         return net.fc(torch.flatten(net.avgpool(features), 1))
 
+    @property
+    def head(self) -> nn.Linear:
+        """The linear layer after global average pooling."""
+        return self._resnet().fc
+
     def class_activation_map(self, features: torch.Tensor) -> torch.Tensor:
         """CAM ``(B, num_classes, h, w)``: the linear head applied at every position (GAP+linear => Grad-CAM)."""
-        fc = self._resnet().fc
-        return torch.einsum("kc,bchw->bkhw", fc.weight, features) + fc.bias[None, :, None, None]
+        return torch.einsum("kc,bchw->bkhw", self.head.weight, features) + self.head.bias[None, :, None, None]
 
     @property
     def cam_layer(self) -> nn.Module:

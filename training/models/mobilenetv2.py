@@ -87,11 +87,14 @@ class MaskedMobileNetV2(nn.Module):
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.backbone.forward_head(features, pre_logits=pre_logits)
 
+    @property
+    def head(self) -> nn.Linear:
+        """The linear layer after global average pooling."""
+        return self.backbone.classifier
+
     def class_activation_map(self, features: torch.Tensor) -> torch.Tensor:
         """CAM ``(B, num_classes, h, w)``: the linear head applied at every position (GAP+linear => Grad-CAM)."""
-        weight = self.backbone.classifier.weight
-        bias = self.backbone.classifier.bias
-        return torch.einsum("kc,bchw->bkhw", weight, features) + bias[None, :, None, None]
+        return torch.einsum("kc,bchw->bkhw", self.head.weight, features) + self.head.bias[None, :, None, None]
 
     @property
     def cam_layer(self) -> nn.Module:
