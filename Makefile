@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 REPOSITORY := build/model_repository
 STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml | sha1sum | cut -c1-12)
 
-APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl qemu-user
+APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl qemu-user nginx
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: system-packages setup demo test test-fast serve repository train train-seg train-cls train-cascade evaluate bench perf-analyzer int8 soak lock clean
@@ -17,9 +17,10 @@ setup: system-packages $(STAMP)
 # Debian packages: Orthanc (the PACS the gateway tests talk to) with its DICOMweb plugin, dcmtk (storescu/echoscu), dicom3tools (dciodvfy
 # checks every result object against its IOD) and chromium
 # (the upload page's browser test, driven by the playwright Python package), openssl (the TLS test's CA) and
-# qemu-user (the INT8 test runs the graphs on an emulated AVX2-only CPU, qemu-x86_64 -cpu EPYC-Rome).
+# qemu-user (the INT8 test runs the graphs on an emulated AVX2-only CPU, qemu-x86_64 -cpu EPYC-Rome) and nginx
+# (the gRPC load balancer in front of Triton replicas, ops/balancer.py).
 system-packages:
-	@command -v Orthanc >/dev/null && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so && command -v storescu >/dev/null && command -v dciodvfy >/dev/null && command -v chromium >/dev/null && command -v openssl >/dev/null && command -v qemu-x86_64 >/dev/null || { \
+	@command -v Orthanc >/dev/null && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so && command -v storescu >/dev/null && command -v dciodvfy >/dev/null && command -v chromium >/dev/null && command -v openssl >/dev/null && command -v qemu-x86_64 >/dev/null && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } || { \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES); }
 

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "shadow":
             cmd.add_argument("version", type=int, help="cxr_classifier version (see cxr models status)")
             cmd.add_argument("--fraction", type=float, default=0.1, help="share of studies (0 stops shadowing)")
-        cmd.add_argument("--url", default="localhost:8000", help="Triton HTTP HOST:PORT")
+        cmd.add_argument("--url", action="append", help="Triton HTTP HOST:PORT (default localhost:8000); repeat "
+                                                         "for every replica behind one load balancer")
         cmd.add_argument("--admin-key-file", help="the key `cxr serve` wrote (default: $CXR_ADMIN_KEY, else "
                                                   "admin.key beside --repository)")
     args = parser.parse_args(argv)
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "thresholds":
             print(f"release {publish_thresholds(args.repository, args.file)} published (cxr models promote)")
         else:
-            admin = TritonAdmin(args.url, find_key(args.repository, args.admin_key_file))
-            rollout = Rollout(args.repository, admin)
+            key = find_key(args.repository, args.admin_key_file)
+            rollout = Rollout(args.repository, [TritonAdmin(url, key) for url in args.url or ["localhost:8000"]])
             if args.command == "shadow":
                 result = rollout.shadow(args.version, args.fraction)
             else:

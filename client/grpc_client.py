@@ -28,10 +28,12 @@ from cxr.specs import ENSEMBLE_NAME, IMAGE_BYTES, LABEL, LUNG_FRACTION, PROBABIL
 
 DEFAULT_OUTPUTS = tuple(t.name for t in (LABEL, TRIAGE, LUNG_FRACTION, PROBABILITIES))
 MAX_MESSAGE_BYTES = MAX_BYTES + 2**20  # the largest image the server accepts, plus the rest of the message
-# Errors worth retrying: the server is unreachable or restarting, or a model instance's stub died and is
-# being reloaded (ops.watchdog.StubWatchdog). Inference is a pure function of the image, so a retry is safe.
+# Errors worth retrying: the server is unreachable or restarting, a model instance's stub died and is being
+# reloaded (ops.watchdog.StubWatchdog), or a load balancer in front lost the replica that had the request (HTTP
+# 502/503 instead of a gRPC status). Inference is a pure function of the image, so a retry is safe.
 TRANSIENT = ("UNAVAILABLE", "failed to connect", "Socket closed", "Connection refused", "Connection reset",
-             "is not healthy", "is not ready", "Request for unknown model")
+             "is not healthy", "is not ready", "Request for unknown model", "http2 header with status: 502",
+             "http2 header with status: 503")
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 from cxr.release_record import VERSIONED, ReleaseError, load_state, pins_of
 from cxr.specs import CLASSIFIER, ENSEMBLE_NAME, ROUTER
@@ -14,15 +15,21 @@ from export.release import SHADOW_PARAMS, save_state, write_ensemble_pins, write
 from ops.admin import TritonAdmin
 
 class Rollout:
-    """Switch the releases a running Triton serves (explicit model-control mode; needs the admin key).
+    """Switch the releases running Tritons serve (explicit model-control mode; needs the admin key).
 
     Args:
-        repository: the repository the server serves (local path: this is where the state lives).
-        admin: a :class:`ops.admin.TritonAdmin` for the server.
+        repository: the repository the servers serve (local path, shared by all replicas: the state lives here).
+        admin: a :class:`ops.admin.TritonAdmin` for the server, or one per replica (the pods behind one Service).
+            Each step runs on every replica before the next begins: both versions are loaded everywhere before any
+            replica switches, so during the switch a study is answered entirely by the old release on one replica
+            or entirely by the new one on another, never by a mix.
     """
 
-    def __init__(self, repository: str | Path, admin: TritonAdmin) -> None:
-        self.repository, self.admin = Path(repository), admin
+    def __init__(self, repository: str | Path, admin: TritonAdmin | Sequence[TritonAdmin]) -> None:
+        self.repository = Path(repository)
+        self.admins = [admin] if isinstance(admin, TritonAdmin) else list(admin)
+        if not self.admins:
+            raise ReleaseError("no server to roll out on")
 
     def promote(self, release: int | None = None) -> dict:
         """Serve ``release`` (default: the newest published one); returns what changed."""
@@ -38,11 +45,12 @@ class Rollout:
         # The on-disk configs follow each step: loading the ensemble makes Triton re-read its dependencies.
         for role in changed:  # both versions ready before anything switches
             self._load(role, sorted({old[role], new[role]}))
-        ensemble = self.admin.model_config(ENSEMBLE_NAME)
-        for step in ensemble["ensemble_scheduling"]["step"]:
-            step["model_version"] = new[step["model_name"]]
         write_ensemble_pins(self.repository, new)
-        self.admin.load_model(ENSEMBLE_NAME, config=ensemble)  # the switch: one load, all steps at once
+        for admin in self.admins:
+            ensemble = admin.model_config(ENSEMBLE_NAME)
+            for step in ensemble["ensemble_scheduling"]["step"]:
+                step["model_version"] = new[step["model_name"]]
+            admin.load_model(ENSEMBLE_NAME, config=ensemble)  # the switch: one load, all steps at once
         for role in changed:  # old versions retire once their in-flight requests are done
             self._load(role, [new[role]])
         state["releases"][str(current)]["status"] = "retired"
@@ -70,26 +78,28 @@ class Rollout:
             if not (self.repository / CLASSIFIER.role / str(version) / "model.onnx").exists():
                 raise ReleaseError(f"{CLASSIFIER.role} has no version {version}")
             self._load(CLASSIFIER.role, sorted({serving, version}))
-        config = self.admin.model_config(ROUTER.role)
-        params = config.setdefault("parameters", {})
-        for key in SHADOW_PARAMS:
-            params.pop(key, None)
-        if fraction > 0:
-            params.update({"shadow_model": {"string_value": CLASSIFIER.role},
-                           "shadow_version": {"string_value": str(version)},
-                           "shadow_fraction": {"string_value": str(fraction)}})
-        self.admin.load_model(ROUTER.role, config=config)
+        for admin in self.admins:
+            config = admin.model_config(ROUTER.role)
+            params = config.setdefault("parameters", {})
+            for key in SHADOW_PARAMS:
+                params.pop(key, None)
+            if fraction > 0:
+                params.update({"shadow_model": {"string_value": CLASSIFIER.role},
+                               "shadow_version": {"string_value": str(version)},
+                               "shadow_fraction": {"string_value": str(fraction)}})
+            admin.load_model(ROUTER.role, config=config)
         if fraction == 0:
             self._load(CLASSIFIER.role, [serving])
         return {"serving": serving, "shadow": version if fraction > 0 else None, "fraction": fraction}
 
     def _load(self, role: str, versions: list[int]) -> None:
         write_versions(self.repository, role, versions)
-        config = self.admin.model_config(role)
-        config["version_policy"] = {"specific": {"versions": versions}}
-        for key in ("cxr_stub_restart", *SHADOW_PARAMS):  # a promotion ends shadowing
-            config.get("parameters", {}).pop(key, None)
-        self.admin.load_model(role, config=config)
-        for version in versions:
-            if not self.admin.is_model_ready(role, version):
-                raise ReleaseError(f"{role} version {version} did not become ready")
+        for admin in self.admins:
+            config = admin.model_config(role)
+            config["version_policy"] = {"specific": {"versions": versions}}
+            for key in ("cxr_stub_restart", *SHADOW_PARAMS):  # a promotion ends shadowing
+                config.get("parameters", {}).pop(key, None)
+            admin.load_model(role, config=config)
+            for version in versions:
+                if not admin.is_model_ready(role, version):
+                    raise ReleaseError(f"{role} version {version} did not become ready on {admin.base}")
