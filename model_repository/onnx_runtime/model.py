@@ -5,8 +5,13 @@ and the graph. All requests of one dynamic batch are concatenated and run as one
 """
 import json
 import os
+import sys
 
 import triton_python_backend_utils as pb_utils
+
+# This version's own copy of the runtime package comes first: the repository runs the code it was built with,
+# not whatever `cxr` the host happens to have installed (tests/model_repository/test_self_contained.py).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cxr.batching import concat_requests, non_finite, split_batch
 from cxr.onnx_session import cpu_session

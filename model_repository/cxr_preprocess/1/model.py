@@ -4,8 +4,15 @@ A thin adapter over :func:`cxr.preprocess.prepare_bytes`, the same code the trai
 A request with an image that cannot be triaged gets its own error response naming the problem;
 other requests in the same batch are unaffected. Refusals are counted by kind (``cxr_images_rejected``).
 """
+import os
+import sys
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+# This version's own copy of the runtime package comes first: the repository runs the code it was built with,
+# not whatever `cxr` the host happens to have installed (tests/model_repository/test_self_contained.py).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cxr.metrics import record
 from cxr.pixels import REJECTION_KINDS, ImageError

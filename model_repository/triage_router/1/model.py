@@ -22,9 +22,14 @@ top finding, gate decisions by detector, a histogram of every class probability,
 import json
 import os
 import random
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+# This version's own copy of the runtime package comes first: the repository runs the code it was built with,
+# not whatever `cxr` the host happens to have installed (tests/model_repository/test_self_contained.py).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cxr.cascade import route_batch
 from cxr.labels import LABELS
