@@ -1,15 +1,15 @@
 """Closed-loop load generators shared by every benchmark and the reliability tests: one client loop for every server.
 
-Worker threads each send one image, wait for the answer, and send the next: :func:`run_load` until ``requests``
-answers have come back (the benchmarks' levels), :class:`ClosedLoop` until it is stopped (the soak, the fault and
-rollout tests). Latency is measured here, around the transport call, so the served ensemble and the naive
+Worker threads (:class:`ClosedLoop`) each send one image, wait for the answer, and send the next: until ``requests``
+have been sent (:func:`run_load`, the benchmarks' levels) or until stopped (the soak, the fault, rollout and
+replica tests). Latency is measured here, around the transport call, so the served ensemble and the naive
 baseline are timed by the same code.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -37,17 +37,12 @@ def run_load(send: Send, blobs: list[bytes], concurrency: int, requests: int, wa
     """
     for blob in blobs[:warmup]:
         send(blob)
-    items = [blobs[i % len(blobs)] for i in range(requests)]
-
-    def timed(blob: bytes) -> tuple[float, str | None]:
-        start = time.perf_counter()
-        error = send(blob)
-        return (time.perf_counter() - start) * 1e3, error
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(timed, items))
-    wall = time.perf_counter() - start
+    results: list[tuple[float, str | None]] = []  # (latency ms, error), in the order answered
+    loop = ClosedLoop(send, blobs, concurrency, lambda sent, answered, error: results.append(((answered - sent) * 1e3, error)),
+                      requests=requests)
+    start = time.monotonic()
+    loop.start().join()
+    wall = time.monotonic() - start
     latencies = np.array([ms for ms, _ in results])
     errors = [e for _, e in results if e is not None]
     row = {"concurrency": concurrency, "requests": requests, "errors": len(errors),
@@ -58,35 +53,41 @@ def run_load(send: Send, blobs: list[bytes], concurrency: int, requests: int, wa
 
 
 class ClosedLoop:
-    """``workers`` threads sending ``blobs`` without pause until :meth:`stop` (or the end of a ``with`` block).
+    """``workers`` threads, each sending the next of ``blobs`` (cycled) as soon as its last answer is back.
 
-    Worker ``k`` sends blobs ``k, k + workers, ...`` (cycled); ``on_answer(sent, answered, result)`` gets every
-    answer, with ``time.monotonic()`` stamps around ``send``; it is called from the workers' threads.
+    It runs until ``requests`` have been sent (then :meth:`join` returns) or, without ``requests``, until
+    :meth:`stop` (or the end of a ``with`` block). ``on_answer(sent, answered, result)`` gets every answer, with
+    ``time.monotonic()`` stamps around ``send``; it is called from the workers' threads.
     """
 
     def __init__(self, send: Callable[[bytes], Any], blobs: list[bytes], workers: int,
-                 on_answer: Callable[[float, float, Any], None]) -> None:
-        self.send, self.blobs, self.on_answer = send, blobs, on_answer
+                 on_answer: Callable[[float, float, Any], None], requests: int | None = None) -> None:
+        self.send, self.blobs, self.on_answer, self.requests = send, blobs, on_answer, requests
+        self._next = itertools.count()  # the index of the next request (next() is atomic under the GIL)
         self._stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(workers)]
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
 
-    def _run(self, k: int) -> None:
-        i = k
+    def _run(self) -> None:
         while not self._stop.is_set():
+            i = next(self._next)
+            if self.requests is not None and i >= self.requests:
+                return
             sent = time.monotonic()
             result = self.send(self.blobs[i % len(self.blobs)])
             self.on_answer(sent, time.monotonic(), result)
-            i += len(self.threads)
 
     def start(self) -> "ClosedLoop":
         for thread in self.threads:
             thread.start()
         return self
 
-    def stop(self, timeout_s: float = 120.0) -> None:
-        self._stop.set()
+    def join(self, timeout_s: float | None = None) -> None:
         for thread in self.threads:
             thread.join(timeout_s)
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        self._stop.set()
+        self.join(timeout_s)
 
     def __enter__(self) -> "ClosedLoop":
         return self.start()

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from benchmarks.load import requests_for, run_load
+from benchmarks.load import ClosedLoop, requests_for, run_load
 from benchmarks.run import summarise
 from benchmarks.triton_stats import breakdown
 
@@ -24,6 +24,19 @@ def test_load_generator_counts_every_request_and_error():
     assert row["errors"] == 10 and row["first_error"] == "rejected"
     assert row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
     assert row["img_s"] == pytest.approx(20 / row["wall_s"])
+
+
+def test_an_open_ended_loop_runs_until_stopped_and_cycles_the_images():
+    import time
+
+    answers = []
+    with ClosedLoop(lambda blob: blob, [b"a", b"b"], workers=2,
+                    on_answer=lambda sent, answered, result: answers.append((sent, answered, result))):
+        time.sleep(0.05)
+    count = len(answers)
+    time.sleep(0.02)
+    assert count > 10 and len(answers) == count  # nothing is sent after the block
+    assert {r for _, _, r in answers} == {b"a", b"b"} and all(s <= a for s, a, _ in answers)
 
 
 def test_requests_scale_with_concurrency():
