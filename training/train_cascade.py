@@ -23,6 +23,7 @@ from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION
 from training.common import load_weights, plot_curves, save_weights, start_run
 from training.data.manifest import Record, read_manifests
 from training.layers.moex import moex_loss
+from training.loop import train_epoch
 from training.metrics import classification_report
 from training.models import create_model
 from training.serving_graph import serving_graph
@@ -85,24 +86,18 @@ def main(argv: list[str] | None = None) -> dict:
     transform = augmenter(cfg.clahe_p)
     labels = list(COVID_STAGE2.labels)
     history, best = [], -1.0
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = augment(x, transform)
+        if torch.rand(1, generator=generator).item() < cfg.moex_p:
+            perm = torch.randperm(len(x), generator=generator)
+            with model.moex.exchange(perm):
+                return moex_loss(model(x), y, perm, cfg.moex_lambda)
+        return torch.nn.functional.cross_entropy(model(x), y)
+
     for epoch in range(1, epochs + 1):
-        model.train()
-        losses = []
-        for x, y in tqdm(loader, desc=f"cascade epoch {epoch}/{epochs}"):
-            x = augment(x, transform)
-            if torch.rand(1, generator=generator).item() < cfg.moex_p:
-                perm = torch.randperm(len(x), generator=generator)
-                with model.moex.exchange(perm):
-                    loss = moex_loss(model(x), y, perm, cfg.moex_lambda)
-            else:
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+        loss = train_epoch(model, loader, loss_of, optimizer, scheduler, f"cascade epoch {epoch}/{epochs}")
         val = classification_report(y_val, predict(model, x_val), labels)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_accuracy": val["accuracy"],
+        history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val["accuracy"],
                         "val_auc": val["per_class"]["covid"]["auc"]})
         print(history[-1], flush=True)
         score = val["per_class"]["covid"]["auc"] or 0.0

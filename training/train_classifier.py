@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from scipy.special import softmax
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from cxr.labels import LABELS
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
 from training.calibration import fit_temperature
+from training import loop
 from training.config import TrainConfig
 from training.common import (
     REPO, WEIGHTS_DIR, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
@@ -149,23 +149,16 @@ class Trainer:
 
 def train_epoch(trainer: Trainer, loader: DataLoader, cfg: TrainConfig, generator: torch.Generator, desc: str) -> float:
     model = trainer.model
-    model.train()
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    losses = []
-    for image, mask, target in tqdm(loader, desc=desc):
+
+    def loss_of(image: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if hasattr(model, "moex") and torch.rand(1, generator=generator).item() < cfg.moex_p:
             perm = torch.randperm(len(image), generator=generator)  # MoEx (SEME models)
             with model.moex.exchange(perm):
-                loss = moex_loss(forward(model, image, mask), target, perm, cfg.moex_lambda)
-        else:
-            loss = criterion(forward(model, image, mask), target)
-        trainer.optimizer.zero_grad()
-        loss.backward()
-        trainer.optimizer.step()
-        trainer.scheduler.step()
-        trainer.update_ema()
-        losses.append(loss.item())
-    return float(np.mean(losses))
+                return moex_loss(forward(model, image, mask), target, perm, cfg.moex_lambda)
+        return criterion(forward(model, image, mask), target)
+
+    return loop.train_epoch(model, loader, loss_of, trainer.optimizer, trainer.scheduler, desc, trainer.update_ema)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -13,7 +13,6 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from cxr.lungmask import postprocess_mask
 from cxr.specs import LUNG_SEGMENTATION
@@ -22,6 +21,7 @@ from training.common import (
 )
 from training.data.datasets import SegmentationDataset
 from training.data.manifest import read_manifests
+from training.loop import train_epoch
 from training.metrics import segmentation_report
 from training.models import create_model
 
@@ -80,21 +80,16 @@ def main(argv: list[str] | None = None) -> dict:
     bce_loss = torch.nn.BCEWithLogitsLoss()
 
     history, best = [], -1.0
+    def loss_of(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(image.contiguous(memory_format=torch.channels_last)).float()
+        return dice_loss(logits, mask) + bce_loss(logits, mask)
+
     for epoch in range(1, epochs + 1):
-        model.train()
-        losses = []
-        for image, mask in tqdm(loader, desc=f"seg epoch {epoch}/{epochs}"):
-            image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(image.contiguous(memory_format=torch.channels_last)).float()
-            loss = dice_loss(logits, mask) + bce_loss(logits, mask)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+        loss = train_epoch(model, loader, loss_of, optimizer, scheduler, f"seg epoch {epoch}/{epochs}")
         scores = evaluate(model, val)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_iou": scores["iou"], "val_dice": scores["dice"]})
+        history.append({"epoch": epoch, "train_loss": loss, "val_iou": scores["iou"], "val_dice": scores["dice"]})
         print(history[-1], flush=True)
         if scores["iou"] > best:
             best = scores["iou"]
