@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmarks import raw as raw_bench
 from benchmarks.images import benchmark_images
+from benchmarks.run import ensure_repository
 from client.evaluate import evaluate
 from cxr.cpu import cpu_line, describe_cpu
 from training.data.manifest import DEFAULT_MANIFEST
@@ -29,8 +30,6 @@ def scores(report: dict) -> dict[str, float]:
 
 
 def measure(manifest: str) -> dict:
-    from benchmarks.run import ensure_repository
-
     blobs = benchmark_images(manifest)
     result = {}
     for precision, profile in (("fp32", "cpu"), ("int8", "cpu-int8")):

@@ -14,15 +14,16 @@ import argparse
 import json
 import time
 
-from cxr.pipeline import LocalPipeline
+from benchmarks.images import benchmark_images
 from cxr.gate import batch_features
 from cxr.lungmask import postprocess_mask
+from cxr.pipeline import LocalPipeline
 from cxr.specs import CLASSIFIER, LUNG_SEGMENTATION
 
 
 def model_gmacs() -> dict[str, float]:
     """Multiply-accumulates per image of each served model, as ``cxr flops`` counts them (no weights loaded)."""
-    from benchmarks.flops import count_spec
+    from benchmarks.flops import count_spec  # PyTorch (the MAC counter)
 
     return {spec.role: count_spec(spec)["gmacs"] for spec in (LUNG_SEGMENTATION, CLASSIFIER)}
 
@@ -93,8 +94,6 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from benchmarks.images import benchmark_images
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", default="build/model_repository")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 16])

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from benchmarks.flops import count
 from cxr.cpu import cpu_line, describe_cpu
 from cxr.labels import LABELS
 from cxr.onnx_session import cpu_session
@@ -40,8 +41,6 @@ BASE_CONFIG = REPO / "training" / "configs" / "mobilenetv2_mdconv_ma.yaml"
 
 def train_one(model: str, size: int, epochs: int, manifests: list[str] | None, out: Path, limit: int | None = None,
               seed: int | None = None) -> dict:
-    from benchmarks.flops import count
-
     config = {**yaml.safe_load(BASE_CONFIG.read_text()), **MOEX, "model": model, "epochs": epochs, "input_size": size}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(config, f)

@@ -21,6 +21,8 @@ import sys
 import numpy as np
 import torch
 
+from benchmarks.flops import count_spec
+from benchmarks.images import benchmark_images
 from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION, ModelSpec
 from training.serving_graph import serving_graph
@@ -89,8 +91,6 @@ def fp16_report(inputs: dict, graphs: dict, masks: torch.Tensor, batch: int) -> 
 
 
 def measure(blobs: list[bytes], batches: list[int], iters: int = 20) -> dict:
-    from benchmarks.flops import count_spec
-
     torch.backends.cudnn.benchmark = True
     inputs, graphs, masks = setup(blobs, max(batches), torch.device("cuda"))
     gmacs = {s.name: count_spec(s)["gmacs"] for s in SPECS}
@@ -128,8 +128,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not torch.cuda.is_available():
         print("benchmarks.torch_cuda needs a CUDA GPU; none is visible here", file=sys.stderr)
         sys.exit(2)
-    from benchmarks.images import benchmark_images
-
     result = measure(benchmark_images(), args.batch, args.iters)
     print_table(result)
     if args.json:

@@ -9,12 +9,10 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+from cxr.gate import Gate, Verdict
 from cxr.labels import LABELS, UNTRAINED
-
-if TYPE_CHECKING:
-    from cxr.gate import Gate, Verdict
 
 PRIORITIES = ("urgent", "expedited", "routine")
 
@@ -43,9 +41,7 @@ class Thresholds:
     quality: dict = field(default_factory=dict)
 
     @cached_property
-    def gate(self) -> "Gate | None":
-        from cxr.gate import Gate
-
+    def gate(self) -> Gate | None:
         return Gate.from_dict(self.quality) if self.quality else None
 
     @classmethod

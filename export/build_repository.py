@@ -32,7 +32,7 @@ ENGINE_SCRIPT = "build_engines.sh"
 
 def _export(role: str, onnx_path: Path, weights: Path, digest: str, previous: dict) -> dict:
     """Export unless the same weights were already exported there; returns the parity record."""
-    from export.onnx import export_onnx
+    from export.onnx import export_onnx  # PyTorch: only when the weights changed
 
     cached = previous.get("models", {}).get(role, {})
     if onnx_path.exists() and cached.get("weights_sha256") == digest:
@@ -48,6 +48,7 @@ def _quantize(out: Path, calibration: int = 64) -> dict:
         Int8Refused: the INT8 answers on this host miss :data:`export.quantize.BOUNDS` against FP32 (the INT8
             graphs are removed again; the message names the CPU and its ISA class).
     """
+    # cpu-int8 only (onnxruntime.quantization)
     from export.quantize import CHECK_IMAGES, FORMAT, agreement, answers, calibration_blobs, quantize_repository
 
     paths = quantize_repository(out, out / ".int8", calibration_blobs(calibration))
@@ -77,7 +78,7 @@ class Int8Refused(RuntimeError):
 def _int8_current(out: Path, manifest: dict, previous: dict) -> bool:
     """The INT8 graphs on disk were quantized from the same weights (like the ONNX export cache), in today's
     format, and checked on a CPU of this host's ISA class."""
-    from export.quantize import FORMAT
+    from export.quantize import FORMAT  # cpu-int8 only (onnxruntime.quantization)
 
     record = previous.get("int8", {})
     return record.get("format") == FORMAT and record.get("host", {}).get("isa") == describe_cpu()["isa"] and all(
@@ -89,7 +90,7 @@ def _int8_current(out: Path, manifest: dict, previous: dict) -> bool:
 
 def _write_engine_script(out: Path) -> None:
     """``build_engines.sh``: the trtexec commands, relative to the repository, for the GPU host."""
-    from export.tensorrt import build_engines
+    from export.tensorrt import build_engines  # gpu-trt only
 
     lines = ["#!/bin/sh", "# Build the TensorRT engines on the GPU host (inside the NGC TensorRT/Triton container).",
              'cd "$(dirname "$0")"', "set -e"]

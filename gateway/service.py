@@ -40,6 +40,7 @@ from gateway.dicomweb import stow
 from gateway.outbox import Deliverer, Destinations, Outbox
 from gateway.results import Triaged, package
 from gateway.spool import PRIORITY_NAME, Spool
+from gateway.web import create_app
 from gateway.worklist import fhir_bundle, hl7_oru, message_id, webhook
 
 log = logging.getLogger("cxr.gateway")
@@ -387,7 +388,6 @@ def run(config: GatewayConfig, metrics_port: int | None = None, web_port: int | 
     if web_port:
         from werkzeug.serving import make_server
 
-        from gateway.web import create_app
 
         web = make_server(config.host, web_port, create_app(config.triton, gateway.metrics.registry), threaded=True)
         threading.Thread(target=web.serve_forever, name="cxr-gateway-web", daemon=True).start()

@@ -15,6 +15,7 @@ import torch
 from cxr.paths import REPO, WEIGHTS
 from cxr.specs import ModelSpec
 from training.config import TrainConfig
+from training.data.manifest import DEFAULT_MANIFEST, resolve_manifest
 
 WEIGHTS_DIR = WEIGHTS
 
@@ -50,8 +51,6 @@ def start_run(
     the shared ``cxr`` manifest. ``resumable=True``: the script checkpoints, and ``--resume DIR`` reuses that
     run folder (the script reads its checkpoint).
     """
-    from training.data.manifest import DEFAULT_MANIFEST, resolve_manifest
-
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config)
     parser.add_argument("--manifest", action="append",
