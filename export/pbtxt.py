@@ -25,6 +25,7 @@ from cxr.specs import (
     ENSEMBLE_STEPS,
     MODEL_SPECS,
     PREPROCESS,
+    PROBABILITIES,
     ROUTER,
     ModelSpec,
     StepSpec,
@@ -64,7 +65,7 @@ def model_config(spec: ModelSpec, profile: str, threads: int = 2) -> mc.ModelCon
         name=spec.role,
         max_batch_size=spec.max_batch_size,
         input=_tensors(mc.ModelInput, spec.inputs),
-        output=_tensors(mc.ModelOutput, spec.outputs, labelled=("probabilities",) if spec.labels else ()),
+        output=_tensors(mc.ModelOutput, spec.outputs, labelled=(PROBABILITIES.name,) if spec.labels else ()),
         dynamic_batching=mc.ModelDynamicBatching(
             preferred_batch_size=list(spec.preferred_batch_sizes),
             max_queue_delay_microseconds=spec.max_queue_delay_us,
