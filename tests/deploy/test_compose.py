@@ -11,7 +11,8 @@ COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "docker-c
 def test_compose_serves_the_gpu_repository_with_a_gpu_and_health_check():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     triton = services["triton"]
-    assert "tritonserver:24.10-py3" in triton["image"]  # Triton 2.51, the CPU wheel's release
+    assert "cxr-triage-triton" in triton["image"]  # deploy/docker/Dockerfile.triton: NGC Triton 2.51 + the steps' deps
+    assert "pip install" not in " ".join(triton["command"])  # nothing is installed when the container starts
     assert any(v.endswith(":/models:ro") for v in triton["volumes"])
     assert "--model-repository=/models" in triton["command"][-1]
     assert {p.split(":")[1] for p in triton["ports"]} == {"8000", "8001", "8002"}
