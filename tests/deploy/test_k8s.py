@@ -60,3 +60,12 @@ def test_gateway_spool_is_a_persistent_volume_per_replica():
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["spool"] == spool and sts["volumeClaimTemplates"][0]["metadata"]["name"] == "spool"
     assert container["args"][container["args"].index("--triton") + 1] == "triton:8001"
+
+
+def test_replicas_are_addressable_one_by_one_and_never_all_disrupted():
+    labels = _one("Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
+    pods = _one("Service", "triton-pods")["spec"]
+    assert pods["clusterIP"] == "None" and pods["selector"].items() <= labels.items()  # cxr models promote --url POD
+    pdb = _one("PodDisruptionBudget", "triton")["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    assert 1 <= pdb["minAvailable"] < _one("HorizontalPodAutoscaler", "triton")["spec"]["minReplicas"]
