@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml | s
 APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl qemu-user nginx
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: system-packages setup demo test test-fast serve repository train train-seg train-cls train-cascade evaluate bench perf-analyzer int8 soak lock clean
+.PHONY: system-packages setup demo test test-fast serve repository python-env train train-seg train-cls train-cascade evaluate bench perf-analyzer int8 soak lock clean
 
 setup: system-packages $(STAMP)
 
@@ -78,6 +78,10 @@ train-cls: setup
 	$(PY) -m training.train_classifier --config training/configs/mobilenetv2_mdconv.yaml --ship
 train-cascade: setup
 	$(PY) -m training.train_cascade --config training/configs/seme_densenet169.yaml --ship
+
+# The python models' packed environment (EXECUTION_ENV_PATH): python -m export.build_repository --python-env build/python_env.tar.gz
+python-env: setup
+	$(PY) -m export.python_env --out build/python_env.tar.gz
 
 lock: setup
 	{ head -2 requirements/lock.txt; $(PIP) freeze | grep -v -e pytriton -e "^-e" -e "^# Editable"; } > requirements/lock.new && mv requirements/lock.new requirements/lock.txt

@@ -25,7 +25,7 @@ from cxr.release_record import STATE, VERSIONED, load_state, pins_of
 from cxr.specs import ENSEMBLE_NAME, MODEL_SPECS, PREPROCESS
 from export.pbtxt import INT8_ROLES, ONNX_FILES, PROFILES, repository_configs
 from export.release import model_version_string, save_state, write_configs, write_release
-from export.repository_files import ONNX_ADAPTER, install_python_model, sha256
+from export.repository_files import ONNX_ADAPTER, PYTHON_ENV, install_python_model, sha256, use_python_env
 
 ENGINE_SCRIPT = "build_engines.sh"
 
@@ -117,8 +117,12 @@ def _pin_serving_release(out: Path, release_1: dict) -> None:
     write_configs(out, pins_of(state))
 
 
-def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | Path = WEIGHTS, threads: int = 2) -> dict:
-    """Write the repository to ``out``; returns its build manifest (also written as ``out/build.json``)."""
+def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | Path = WEIGHTS, threads: int = 2,
+                     python_env: str | Path | None = None) -> dict:
+    """Write the repository to ``out``; returns its build manifest (also written as ``out/build.json``).
+
+    ``python_env``: a packed environment (:mod:`export.python_env`) every python model runs in.
+    """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
     out, weights_dir = Path(out), Path(weights_dir)
@@ -152,6 +156,9 @@ def build_repository(out: str | Path, profile: str = "cpu", weights_dir: str | P
     for name, config in repository_configs(profile, threads).items():
         (out / name / "config.pbtxt").write_text(render(config))
     _pin_serving_release(out, release)
+    if python_env is not None:
+        manifest["python_env"] = {"archive": PYTHON_ENV, "models": use_python_env(out, Path(python_env)),
+                                 "sha256": sha256(Path(python_env))}
     manifest["model_versions"] = versions
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     if profile == "cpu-int8":  # calibration runs the finished FP32 pipeline
@@ -166,9 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=PROFILES, default="cpu")
     parser.add_argument("--weights-dir", default=str(WEIGHTS))
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per model (cpu profile)")
+    parser.add_argument("--python-env", help="packed environment for every python model (python -m export.python_env)")
     args = parser.parse_args(argv)
     try:
-        manifest = build_repository(args.out, args.profile, args.weights_dir, args.threads)
+        manifest = build_repository(args.out, args.profile, args.weights_dir, args.threads, args.python_env)
     except Int8Refused as exc:
         raise SystemExit(str(exc)) from exc
     for role, info in manifest["models"].items():

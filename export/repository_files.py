@@ -1,11 +1,13 @@
 """Files every model repository build shares: the python models' source with the runtime package beside it,
-and content digests of weights (what a model version string and the export cache key on)."""
+content digests of weights (what a model version string and the export cache key on), and the packed python
+environment the python models may run in."""
 from __future__ import annotations
 
 import hashlib
 import shutil
 from pathlib import Path
 
+from cxr.model_config import parse, render
 from cxr.paths import REPO
 
 SOURCES = REPO / "model_repository"
@@ -26,3 +28,23 @@ def install_python_model(source: str, version_dir: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(REPO / RUNTIME, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+PYTHON_ENV = "python_env.tar.gz"  # at the repository root: one archive for every python model
+EXECUTION_ENV_PATH = f"$$TRITON_MODEL_DIRECTORY/../{PYTHON_ENV}"  # the python backend expands the variable
+
+
+def use_python_env(repository: Path, archive: Path) -> list[str]:
+    """Put ``archive`` (:mod:`export.python_env`) at the repository root and point every python model's config at
+    it (``EXECUTION_ENV_PATH``); returns the models changed."""
+    target = repository / PYTHON_ENV
+    if Path(archive).resolve() != target.resolve():
+        shutil.copy(archive, target)
+    changed = []
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        config = parse(path.read_text())
+        if config.backend == "python":
+            config.parameters["EXECUTION_ENV_PATH"].string_value = EXECUTION_ENV_PATH
+            path.write_text(render(config))
+            changed.append(config.name)
+    return changed
