@@ -107,9 +107,14 @@ def remove_orphaned_shm(shm_dir: Path = Path("/dev/shm")) -> int:
     return removed
 
 
+# Read once, at import: sysconfig fills its variables lazily and not thread-safely, so two servers started from
+# two threads at once could see LIBDIR as None (tests/gateway/test_replica_loss.py did).
+PYTHON_LIBDIR = sysconfig.get_config_var("LIBDIR")
+
+
 def server_env() -> dict[str, str]:
     env = dict(os.environ)
-    libs = [sysconfig.get_config_var("LIBDIR"), str(pytriton_root().parent / "nvidia_pytriton.libs")]
+    libs = [PYTHON_LIBDIR, str(pytriton_root().parent / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # glibc malloc: a fixed mmap threshold sends every large buffer (images, batches) to mmap, so freeing it

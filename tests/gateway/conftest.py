@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
 
 import pydicom
@@ -58,3 +59,44 @@ def pacs_and_gateway(triton, tmp_path):
     yield orthanc, gateway
     gateway.stop()
     orthanc.stop()
+
+
+class StudiesUnderLoad:
+    """A gateway whose results go to a real Orthanc and a modality C-STOREing ``datasets`` to it in bursts of four
+    every 1.5 s (in a thread, while the test breaks something); then whether each study got exactly one SR."""
+
+    def __init__(self, tmp_path, triton_url: str, datasets: list[pydicom.Dataset]) -> None:
+        self.port = free_port()
+        self.orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, self.port)
+        config = GatewayConfig(GATEWAY_AET, self.port, triton_url, f"{self.orthanc.aet}@127.0.0.1:{self.orthanc.dicom_port}",
+                               tmp_path / "spool", allow_ae=(SCU_AET,), host="127.0.0.1")
+        self.gateway = Gateway(config).start()
+        self.datasets, self.uids = datasets, [ds.SOPInstanceUID for ds in datasets]
+        self.statuses: list[int] = []
+        self.sender = threading.Thread(target=self._send)
+
+    def _send(self) -> None:
+        for i in range(0, len(self.datasets), 4):
+            self.statuses.extend(c_store(self.port, self.datasets[i : i + 4]))
+            time.sleep(1.5)
+
+    def start(self) -> "StudiesUnderLoad":
+        self.sender.start()
+        wait_until(lambda: len(list(self.gateway.spool.done.glob("*.json"))) >= 2, what="the first results")
+        return self
+
+    def finish(self) -> tuple[list[dict], list[str]]:
+        """Wait for every study; returns the spool's records and the image UID each SR in Orthanc refers to."""
+        from pydicom.uid import Comprehensive3DSRStorage
+
+        from gateway.results import read_sr
+
+        self.sender.join()
+        wait_until(lambda: all(self.gateway.spool.record(u) for u in self.uids), timeout_s=300, what="every instance handled")
+        records = [self.gateway.spool.record(u) for u in self.uids]
+        srs = results_by_class(self.orthanc, set(self.uids)).get(Comprehensive3DSRStorage, [])
+        return records, sorted(read_sr(s)["image"] for s in srs)
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.orthanc.stop()

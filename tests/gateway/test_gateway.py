@@ -193,55 +193,33 @@ def _wait_port(port: int, timeout_s: float = 60.0) -> None:
 
 def test_triton_killed_and_restarted_under_gateway_load_loses_nothing(repository, test_rows, tmp_path):
     """Instances keep arriving while Triton is down; afterwards each accepted one has exactly one result."""
-    import threading
-
     from ops.server import TritonServer
     from tests.conftest import write_artifact
-    from tests.gateway.conftest import SCU_AET, c_store
+    from tests.gateway.conftest import StudiesUnderLoad
 
     ports = (free_port(), free_port(), free_port())
     server = TritonServer(repository, *ports, log_path=tmp_path / "triton-1.log").start(timeout_s=240)
-    gateway_port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, gateway_port)
-    config = GatewayConfig(GATEWAY_AET, gateway_port, server.grpc_url, f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
-                           tmp_path / "spool", allow_ae=(SCU_AET,), host="127.0.0.1")
-    gateway = Gateway(config).start()
-    datasets = [pydicom.dcmread(io.BytesIO(_cr(row))) for row in test_rows[:16]]
-    uids = [ds.SOPInstanceUID for ds in datasets]
-    statuses: list[int] = []
-
-    def modality() -> None:  # four studies every 1.5 s, through the outage
-        for i in range(0, len(datasets), 4):
-            statuses.extend(c_store(gateway_port, datasets[i : i + 4]))
-            time.sleep(1.5)
-
-    sender = threading.Thread(target=modality)
+    load = StudiesUnderLoad(tmp_path, server.grpc_url, [pydicom.dcmread(io.BytesIO(_cr(row))) for row in test_rows[:16]])
     try:
-        sender.start()
-        wait_until(lambda: len(list(gateway.spool.done.glob("*.json"))) >= 2, what="the first results")
+        load.start()
         os.killpg(server.process.pid, signal.SIGKILL)  # Triton and its stubs, mid-stream
         server.process.wait()
         killed_at = time.monotonic()
         time.sleep(3)
         server = TritonServer(repository, *ports, log_path=tmp_path / "triton-2.log").start(timeout_s=240)
         outage_s = time.monotonic() - killed_at
-        sender.join()
-        wait_until(lambda: all(gateway.spool.record(u) for u in uids), timeout_s=300, what="every instance handled")
-        records = [gateway.spool.record(u) for u in uids]
-        srs = results_by_class(orthanc, set(uids)).get(Comprehensive3DSRStorage, [])
+        records, referenced = load.finish()
     finally:
-        gateway.stop()
+        load.stop()
         server.stop()
-        orthanc.stop()
-    referenced = sorted(read_sr(s)["image"] for s in srs)
-    triton_failures = gateway.metrics.registry.get_sample_value("cxr_gateway_failed_total", {"stage": "triton"}) or 0
+    triton_failures = load.gateway.metrics.registry.get_sample_value("cxr_gateway_failed_total", {"stage": "triton"}) or 0
     write_artifact("fault_triton_restart", {
-        "accepted": statuses.count(0), "results": sum(r["outcome"] == "result" for r in records),
-        "unavailable": sum(r["outcome"] == "unavailable" for r in records), "lost": len(set(uids) - set(referenced)),
+        "accepted": load.statuses.count(0), "results": sum(r["outcome"] == "result" for r in records),
+        "unavailable": sum(r["outcome"] == "unavailable" for r in records), "lost": len(set(load.uids) - set(referenced)),
         "duplicates": len(referenced) - len(set(referenced)), "outage_s": round(outage_s, 1),
         "gateway_waits_on_triton": triton_failures,
     })
-    assert statuses == [0x0000] * len(datasets)
-    assert [r["outcome"] for r in records] == ["result"] * len(uids)
-    assert referenced == sorted(uids)  # exactly one SR per accepted instance: none lost, none twice
+    assert load.statuses == [0x0000] * len(load.datasets)
+    assert [r["outcome"] for r in records] == ["result"] * len(load.uids)
+    assert referenced == sorted(load.uids)  # exactly one SR per accepted instance: none lost, none twice
     assert triton_failures >= 1, "the gateway never saw the outage: the kill came too late"
