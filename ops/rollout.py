@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from cxr.release_record import VERSIONED, ReleaseError, load_state, pins_of
 from cxr.specs import CLASSIFIER, ENSEMBLE_NAME, ROUTER
@@ -46,11 +46,11 @@ class Rollout:
         for role in changed:  # both versions ready before anything switches
             self._load(role, sorted({old[role], new[role]}))
         write_ensemble_pins(self.repository, new)
-        for admin in self.admins:
-            ensemble = admin.model_config(ENSEMBLE_NAME)
+        def pin(ensemble: dict) -> None:
             for step in ensemble["ensemble_scheduling"]["step"]:
                 step["model_version"] = new[step["model_name"]]
-            admin.load_model(ENSEMBLE_NAME, config=ensemble)  # the switch: one load, all steps at once
+
+        self._reload(ENSEMBLE_NAME, pin)  # the switch: one load per replica, all steps at once
         for role in changed:  # old versions retire once their in-flight requests are done
             self._load(role, [new[role]])
         state["releases"][str(current)]["status"] = "retired"
@@ -78,8 +78,7 @@ class Rollout:
             if not (self.repository / CLASSIFIER.role / str(version) / "model.onnx").exists():
                 raise ReleaseError(f"{CLASSIFIER.role} has no version {version}")
             self._load(CLASSIFIER.role, sorted({serving, version}))
-        for admin in self.admins:
-            config = admin.model_config(ROUTER.role)
+        def shadowing(config: dict) -> None:
             params = config.setdefault("parameters", {})
             for key in SHADOW_PARAMS:
                 params.pop(key, None)
@@ -87,19 +86,28 @@ class Rollout:
                 params.update({"shadow_model": {"string_value": CLASSIFIER.role},
                                "shadow_version": {"string_value": str(version)},
                                "shadow_fraction": {"string_value": str(fraction)}})
-            admin.load_model(ROUTER.role, config=config)
+
+        self._reload(ROUTER.role, shadowing)
         if fraction == 0:
             self._load(CLASSIFIER.role, [serving])
         return {"serving": serving, "shadow": version if fraction > 0 else None, "fraction": fraction}
 
     def _load(self, role: str, versions: list[int]) -> None:
-        write_versions(self.repository, role, versions)
-        for admin in self.admins:
-            config = admin.model_config(role)
+        def policy(config: dict) -> None:
             config["version_policy"] = {"specific": {"versions": versions}}
             for key in ("cxr_stub_restart", *SHADOW_PARAMS):  # a promotion ends shadowing
                 config.get("parameters", {}).pop(key, None)
-            admin.load_model(role, config=config)
+
+        write_versions(self.repository, role, versions)
+        self._reload(role, policy)
+        for admin in self.admins:
             for version in versions:
                 if not admin.is_model_ready(role, version):
                     raise ReleaseError(f"{role} version {version} did not become ready on {admin.base}")
+
+    def _reload(self, name: str, edit: Callable[[dict], None]) -> None:
+        """On every replica in turn: the config it serves for ``name``, changed by ``edit``, loaded."""
+        for admin in self.admins:
+            config = admin.model_config(name)
+            edit(config)
+            admin.load_model(name, config=config)
