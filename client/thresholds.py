@@ -1,13 +1,17 @@
 """``cxr thresholds fit``: choose the triage thresholds on labelled data so that named sensitivities hold.
 
     cxr thresholds fit --manifest A [--manifest B] [--split val] --sensitivity abnormal=0.95 \\
-        --sensitivity covid=0.95 [--base configs/triage_thresholds.json] [--out F] [--publish]
+        --sensitivity covid=0.95 [--lower-bound abnormal] [--base configs/triage_thresholds.json] [--out F] \\
+        [--publish]
 
 Targets: ``abnormal=S`` (every study whose label is not ``normal`` gets at least ``expedited`` with
 sensitivity >= S; fitted: ``abnormal_expedited``, the only expedited rule after the fit, so that every normal
 study below it stays ``routine``) and ``LABEL=S`` (studies of that label get ``urgent`` with sensitivity >= S;
 fitted: ``urgent[LABEL]``). Each threshold is the *largest* that meets its target on the fitting data
-(fewest studies moved up). Untrained labels (:data:`cxr.labels.UNTRAINED`) are dropped from the thresholds.
+(fewest studies moved up); ``--lower-bound TARGET`` makes the lower end of that target's patient-bootstrap 95 %
+interval meet it instead of the point estimate (the margin then grows as the fitting data shrinks: a point
+estimate fitted at the edge misses on new data about half the time). Untrained labels
+(:data:`cxr.labels.UNTRAINED`) are dropped from the thresholds.
 
 Every study is scored once through the repository's served graphs (stage-1 probabilities, lung fraction and the
 cascade's stage-2 covid probability, the safety gate's features); priorities under candidate thresholds are
@@ -37,7 +41,7 @@ from cxr.release_record import serving_pins
 from cxr.triage import PRIORITIES, Thresholds, needs_stage2, triage, with_stage2
 from export.release import publish_thresholds
 from training.data.manifest import DATA_ROOT, DEFAULT_MANIFEST, Record, read_split, resolve_manifest
-from training.metrics import group_bootstrap
+from training.metrics import group_bootstrap, group_draws, proportion_lower_bound
 
 SHIPPED = THRESHOLDS
 
@@ -106,26 +110,39 @@ def _with(thresholds: Thresholds, target: str, value: float) -> Thresholds:
     return replace(thresholds, urgent={**thresholds.urgent, target: value})
 
 
-def fit_one(scored: Scored, thresholds: Thresholds, target: str, sensitivity: float) -> float:
-    """The largest threshold for ``target`` at which its sensitivity on ``scored`` is still >= ``sensitivity``."""
+def fit_one(scored: Scored, thresholds: Thresholds, target: str, sensitivity: float, lower_bound: bool = False,
+            resamples: int = 1000, seed: int = 0) -> float:
+    """The largest threshold for ``target`` at which its sensitivity on ``scored`` is still >= ``sensitivity``;
+    with ``lower_bound``, at which the lower end of its patient-bootstrap 95 % interval (the interval
+    :func:`operating_report` prints, same ``resamples`` and ``seed``) is: a target that holds with confidence on
+    the fitting data rather than on its point estimate, whose margin is as wide as the data is small."""
     positive = _positives(scored, target)
     if not positive.any():
         raise ValueError(f"no {target} studies in the fitting data: cannot fit its sensitivity")
     score = 1 - scored.probabilities[:, 0] if target == "abnormal" else scored.probabilities[:, LABELS.index(target)]
     candidates = np.unique(score[positive])  # ascending; sensitivity only falls as the threshold rises
+    draws = group_draws(_patients(scored), resamples, seed) if lower_bound else None
 
     def meets(value: float) -> bool:
-        hits = priorities(scored, _with(thresholds, target, value))[positive] <= _at_least(target)
-        return hits.mean() >= sensitivity
+        hits = priorities(scored, _with(thresholds, target, value)) <= _at_least(target)
+        if draws is None:
+            return hits[positive].mean() >= sensitivity
+        return proportion_lower_bound(hits, positive, *draws) >= sensitivity  # the same draws at every candidate
 
     lo, hi = 0, len(candidates) - 1  # binary search for the last candidate that still meets the target
     if not meets(float(candidates[0])):
-        raise ValueError(f"{target}: sensitivity {sensitivity} is out of reach even at threshold {candidates[0]:.4f}")
+        bound = "the lower end of its 95 % interval" if lower_bound else "sensitivity"
+        raise ValueError(f"{target}: {bound} >= {sensitivity} is out of reach even at threshold {candidates[0]:.4f}"
+                         f" ({int(positive.sum())} {target} studies)")
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if meets(float(candidates[mid])) else (lo, mid - 1)
     best = float(candidates[lo])
     return float(np.floor(best * 1e4) / 1e4)  # rounded down: the printed threshold still meets the target
+
+
+def _patients(scored: Scored) -> list[str]:
+    return [r.patient_id or str(r.image) for r in scored.records]
 
 
 def operating_report(scored: Scored, thresholds: Thresholds, targets: dict[str, float], resamples: int = 1000,
@@ -134,7 +151,6 @@ def operating_report(scored: Scored, thresholds: Thresholds, targets: dict[str, 
     priority; each with a patient-bootstrap 95 % interval."""
     level = priorities(scored, thresholds)
     normal = _positives(scored, "normal")
-    patients = [r.patient_id or str(r.image) for r in scored.records]
 
     def numbers(idx: np.ndarray) -> dict[str, float]:
         out = {}
@@ -147,7 +163,7 @@ def operating_report(scored: Scored, thresholds: Thresholds, targets: dict[str, 
             out[f"normal_{name}"] = float((level[idx][normal[idx]] == k).mean()) if normal[idx].any() else np.nan
         return out
 
-    intervals = group_bootstrap(patients, numbers, resamples, seed)
+    intervals = group_bootstrap(_patients(scored), numbers, resamples, seed)
     return {key: {"value": value, "ci95": intervals.get(key)} for key, value in numbers(np.arange(len(level))).items()} | {
         "n": len(level), "normal_n": int(normal.sum())}
 
@@ -159,15 +175,18 @@ def next_version(version: str, today: str | None = None) -> str:
     return f"{today}.{int(n) + 1 if date == today and n.isdigit() else 1}"
 
 
-def fit(base: Thresholds, scored: Scored, targets: dict[str, float]) -> Thresholds:
+def fit(base: Thresholds, scored: Scored, targets: dict[str, float], lower_bound: frozenset[str] = frozenset(),
+        resamples: int = 1000) -> Thresholds:
     """``base`` with untrained labels dropped, the expedited rules reduced to ``abnormal_expedited`` when that is
-    a target, and each target's threshold fitted: the urgent ones first (an urgent study is also "expedited or
-    higher", so they move the abnormal target; ``abnormal_expedited`` moves no urgent one), then abnormal."""
+    a target, and each target's threshold fitted (on its interval's lower end for the targets in ``lower_bound``):
+    the urgent ones first (an urgent study is also "expedited or higher", so they move the abnormal target;
+    ``abnormal_expedited`` moves no urgent one), then abnormal."""
     fitted = replace(base, urgent={k: v for k, v in base.urgent.items() if k not in UNTRAINED},
                      expedited={} if "abnormal" in targets else
                      {k: v for k, v in base.expedited.items() if k not in UNTRAINED})
     for target in sorted(targets, key=lambda t: t == "abnormal"):
-        fitted = _with(fitted, target, fit_one(scored, fitted, target, targets[target]))
+        value = fit_one(scored, fitted, target, targets[target], target in lower_bound, resamples)
+        fitted = _with(fitted, target, value)
     return fitted
 
 
@@ -193,7 +212,8 @@ def parse_targets(items: list[str]) -> dict[str, float]:
     return targets
 
 
-def print_report(title: str, report: dict, targets: dict[str, float]) -> None:
+def print_report(title: str, report: dict, targets: dict[str, float],
+                 lower_bound: frozenset[str] = frozenset()) -> None:
     def cell(key: str) -> str:
         v = report[key]
         return f"{v['value']:.3f}" + (f" [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v["ci95"] else "")
@@ -201,8 +221,8 @@ def print_report(title: str, report: dict, targets: dict[str, float]) -> None:
     print(f"{title} ({report['n']} studies, {report['normal_n']} normal; 95 % patient-bootstrap intervals)")
     for target, goal in targets.items():
         level = "expedited or higher" if target == "abnormal" else "urgent"
-        print(f"  {target:<9} -> {level:<19} sensitivity {cell(f'{target}_sensitivity')} (target {goal:.2f})  "
-              f"specificity {cell(f'{target}_specificity')}")
+        print(f"  {target:<9} -> {level:<19} sensitivity {cell(f'{target}_sensitivity')} (target {goal:.2f}"
+              f"{', on its lower end' if target in lower_bound else ''})  specificity {cell(f'{target}_specificity')}")
     print("  share of studies: " + "  ".join(f"{p} {cell(f'share_{p}')}" for p in (*PRIORITIES, "refused")))
     print("  normal studies:   " + "  ".join(f"{p} {cell(f'normal_{p}')}" for p in (*PRIORITIES, "refused")))
 
@@ -218,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
     fit_cmd.add_argument("--split", default="val", help="the split the thresholds are fitted on")
     fit_cmd.add_argument("--report-split", default="test", help="also report on this split ('none': skip)")
     fit_cmd.add_argument("--sensitivity", action="append", required=True, help="abnormal=S or LABEL=S (repeat)")
+    fit_cmd.add_argument("--lower-bound", action="append", default=[], metavar="TARGET",
+                         help="fit TARGET (abnormal or a label of --sensitivity; repeat) so that the lower end of its "
+                              "95 %% patient-bootstrap interval on the fitting data meets S, not the point estimate")
     fit_cmd.add_argument("--base", default=str(SHIPPED), help="thresholds file the fit starts from")
     fit_cmd.add_argument("--out", help="where the fitted file goes (default: build/thresholds/<version>.json)")
     fit_cmd.add_argument("--repository", default="build/model_repository")
@@ -226,10 +249,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     targets = parse_targets(args.sensitivity)
+    lower_bound = frozenset(args.lower_bound)
+    if lower_bound - set(targets):
+        parser.error(f"--lower-bound {', '.join(sorted(lower_bound - set(targets)))}: not a --sensitivity target "
+                     f"({', '.join(targets)})")
     manifests = [resolve_manifest(m) for m in (args.manifest or [DEFAULT_MANIFEST])]
     base_raw = json.loads(Path(args.base).read_text())
     fitting = score(manifests, args.split, args.repository)
-    fitted = fit(Thresholds.from_dict(base_raw), fitting, targets)
+    fitted = fit(Thresholds.from_dict(base_raw), fitting, targets, lower_bound, args.resamples)
     version = next_version(base_raw["version"])
     reports = {args.split: operating_report(fitting, fitted, targets, args.resamples)}
     if args.report_split != "none":
@@ -239,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
     raw = {**base_raw, "version": version, "urgent": fitted.urgent, "expedited": fitted.expedited,
            "abnormal_expedited": fitted.abnormal_expedited,
            "description": base_raw.get("description", "") + f" Fitted by `cxr thresholds fit` ({version}).",
-           "fitted": {"targets": targets, "from": base_raw["version"], "split": args.split,
+           "fitted": {"targets": targets, "lower_bound": sorted(lower_bound), "from": base_raw["version"],
+                      "split": args.split,
                       "manifests": [shared_name(m) for m in manifests], "n": len(fitting.records),
                       "repository_pins": serving_pins(args.repository),
                       "results": {split: {k: v for k, v in r.items()} for split, r in reports.items()}}}
@@ -248,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(raw, indent=2) + "\n")
     Thresholds.load(out)  # the written file is valid
     for split, report in reports.items():
-        print_report(f"{split}{' (fitted here)' if split == args.split else ''}", report, targets)
+        print_report(f"{split}{' (fitted here)' if split == args.split else ''}", report, targets, lower_bound)
     print(f"fitted: abnormal_expedited {fitted.abnormal_expedited}, urgent {fitted.urgent}, expedited {fitted.expedited}")
     print(f"wrote {out} (version {version})")
     if args.publish:

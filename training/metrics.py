@@ -100,18 +100,28 @@ def headline(y_true: Sequence[int], probs: np.ndarray) -> dict[str, float | None
             "ece": calibration_bins(y_true, probs)["ece"]}
 
 
-def group_bootstrap(groups: Sequence[str], statistic: Callable[[np.ndarray], dict[str, float | None]],
-                    resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float] | None]:
-    """Percentile intervals of every value of ``statistic(indices)`` over ``resamples`` resamples of whole
-    ``groups`` (patients) with replacement: images of one patient are not independent, so they are drawn
-    together. A key whose value is undefined (None or NaN) in more than half the resamples gets None;
-    ``resamples=0`` gives no intervals (``{}``)."""
+def group_draws(groups: Sequence[str], resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The patient bootstrap's resamples: ``counts[r, g]``, how often group ``g`` (in order of first appearance) is
+    drawn in resample ``r`` (all groups drawn with replacement, as many as there are), and each group's members.
+    Every interval of ours is computed on these draws, so one ``seed`` gives one set of resamples everywhere."""
     groups = np.asarray(groups)
     members = [np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())]
     rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, len(members), len(members)), minlength=len(members))
+                       for _ in range(resamples)]) if resamples else np.zeros((0, len(members)), int)
+    return counts, members
+
+
+def group_bootstrap(groups: Sequence[str], statistic: Callable[[np.ndarray], dict[str, float | None]],
+                    resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float] | None]:
+    """Percentile intervals of every value of ``statistic(indices)`` over ``resamples`` resamples of whole
+    ``groups`` (patients) with replacement (:func:`group_draws`): images of one patient are not independent, so
+    they are drawn together. A key whose value is undefined (None or NaN) in more than half the resamples gets
+    None; ``resamples=0`` gives no intervals (``{}``)."""
+    counts, members = group_draws(groups, resamples, seed)
     draws: dict[str, list[float]] = {}
-    for _ in range(resamples):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+    for row in counts:
+        idx = np.concatenate([np.tile(members[g], k) for g, k in enumerate(row) if k])
         for key, value in statistic(idx).items():
             draws.setdefault(key, [])
             if value is not None and not np.isnan(value):
@@ -120,6 +130,18 @@ def group_bootstrap(groups: Sequence[str], statistic: Callable[[np.ndarray], dic
     return {key: ([float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
                   if len(values) >= max(1, resamples // 2) else None)
             for key, values in draws.items()}
+
+
+def proportion_lower_bound(hits: np.ndarray, positive: np.ndarray, counts: np.ndarray, members: list[np.ndarray],
+                           level: float = 0.95) -> float:
+    """The lower end of the :func:`group_bootstrap` interval (same draws ``counts``/``members``) of the share of
+    ``positive`` items that are ``hits``: the same number :func:`group_bootstrap` prints, computed in one matrix
+    product instead of a loop, so that a threshold search can evaluate it at every candidate."""
+    per_group_hits = np.array([np.sum(hits[m] & positive[m]) for m in members], float)
+    per_group_pos = np.array([np.sum(positive[m]) for m in members], float)
+    drawn_pos = counts @ per_group_pos
+    share = (counts @ per_group_hits)[drawn_pos > 0] / drawn_pos[drawn_pos > 0]
+    return float(np.percentile(share, 100 * (1 - level) / 2)) if len(share) else float("nan")
 
 
 def bootstrap_intervals(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str], resamples: int = 1000,

@@ -73,3 +73,34 @@ def test_the_gate_moves_priorities_as_served():
     thresholds = Thresholds("t", abnormal_expedited=0.5, quality=gate.to_dict())
     assert priorities(scored, thresholds).tolist() == [PRIORITIES.index("routine"), PRIORITIES.index("expedited"),
                                                         REFUSED, *[PRIORITIES.index("routine")] * 3]
+
+
+def test_a_lower_bound_fit_holds_the_printed_interval_not_just_the_point_estimate():
+    from client.thresholds import _at_least, _positives, _with, fit, operating_report, priorities
+    from cxr.triage import Thresholds
+
+    scored = _scored(n=300, seed=3)
+    shipped = Thresholds.load(Path(__file__).resolve().parents[2] / "configs" / "triage_thresholds.json")
+    base = replace(shipped, quality={})
+    targets = {"abnormal": 0.9}
+    point = fit(base, scored, targets)
+    bounded = fit(base, scored, targets, lower_bound=frozenset({"abnormal"}), resamples=200)
+    assert bounded.abnormal_expedited < point.abnormal_expedited  # a margin: more studies moved up
+    report = operating_report(scored, bounded, targets, resamples=200)
+    assert report["abnormal_sensitivity"]["ci95"][0] >= 0.9  # the interval it prints is the one it fitted
+    tighter = operating_report(scored, _with(bounded, "abnormal", bounded.abnormal_expedited + 0.002), targets,
+                               resamples=200)
+    assert tighter["abnormal_sensitivity"]["ci95"][0] < 0.9  # and it is the largest threshold that holds it
+    positive = _positives(scored, "abnormal")
+    assert (priorities(scored, bounded)[positive] <= _at_least("abnormal")).mean() > 0.9
+
+
+def test_the_fast_lower_bound_is_the_bootstrap_interval_on_the_same_draws():
+    from training.metrics import group_bootstrap, group_draws, proportion_lower_bound
+
+    rng = np.random.default_rng(1)
+    groups = [f"p{i // 3}" for i in range(90)]
+    positive, hits = rng.random(90) < 0.6, rng.random(90) < 0.8
+    slow = group_bootstrap(groups, lambda idx: {"s": hits[idx][positive[idx]].mean()}, resamples=300, seed=5)
+    fast = proportion_lower_bound(hits, positive, *group_draws(groups, resamples=300, seed=5))
+    assert fast == pytest.approx(slow["s"][0])
