@@ -21,6 +21,9 @@ def parser() -> argparse.ArgumentParser:
     gateway.add_argument("--allow-ae", action="append", metavar="AET", help="calling AE titles accepted (repeat)")
     gateway.add_argument("--workers", type=int, default=2)
     gateway.add_argument("--hl7", metavar="HOST:PORT", help="send each result as HL7 v2.5.1 ORU^R01 over MLLP")
+    gateway.add_argument("--hl7-sequence", action="store_true",
+                         help="HL7 by the sequence number protocol (MSH-13/MSA-4): in order and exactly once, for "
+                              "receivers that implement it (gateway.hl7_sequence)")
     gateway.add_argument("--fhir", metavar="URL", help="POST each result as a FHIR R4 transaction bundle to this base URL")
     gateway.add_argument("--webhook", metavar="URL", help="POST a JSON alert here for every urgent result")
     gateway.add_argument("--tls-cert", help="PEM certificate: accept DICOM over TLS only (with --tls-key)")
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.destination and not args.stow:
         raise CxrError("give --destination AET@HOST:PORT (C-STORE) and/or --stow URL (DICOMweb) for the results")
+    if args.hl7_sequence and not args.hl7:
+        raise CxrError("--hl7-sequence is a way of sending HL7: give --hl7 HOST:PORT too")
     if args.destination:
         parse_destination(args.destination)  # fail fast on a malformed destination
     if bool(args.tls_cert) != bool(args.tls_key) or ((args.tls_mutual or args.destination_tls) and not args.tls_cert):
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     config = GatewayConfig(ae_title=args.ae_title, port=args.port, triton=args.triton, destination=args.destination,
                            spool=Path(args.spool), allow_ae=tuple(args.allow_ae or ()), workers=args.workers,
                            max_wait_s=args.max_wait if args.max_wait > 0 else None,
-                           worklist=Destinations(hl7=args.hl7, fhir=args.fhir, webhook=args.webhook),
+                           worklist=Destinations(hl7=args.hl7, fhir=args.fhir, webhook=args.webhook,
+                                                  hl7_sequence=args.hl7_sequence),
                            stow=args.stow,
                            tls=DicomTLS(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca) if args.tls_ca else None,
                                         mutual=args.tls_mutual, scp=True, scu=args.destination_tls)

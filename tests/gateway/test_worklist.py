@@ -249,3 +249,114 @@ def test_a_deliverer_killed_mid_delivery_loses_nothing_and_repeats_at_most_the_m
     repeats = len(ids) - len(set(ids))
     assert repeats <= 1  # at most the message whose ACK was in flight when the process died
     assert len(ris.messages) - repeats == 20
+
+
+class SequencedListener(MLLPListener):
+    """The receiving side of HL7's sequence number protocol: stores the number of the last message it accepted
+    before acknowledging, answers every message with the number it expects next (MSA-4), takes a message only if
+    it is that number, acknowledges a repeat without taking it. Holds each ACK ``hold_s``; ``holding`` is set
+    while it holds the ACK of message number ``hold_at`` (so a test can kill the sender with that ACK in flight)."""
+
+    def __init__(self, port: int, hold_s: float = 0.2, hold_at: int | None = None) -> None:
+        super().__init__(port)
+        self.last, self.repeats, self.hold_s, self.hold_at = 0, 0, hold_s, hold_at
+        self.holding = threading.Event()
+
+    async def _handle(self, reader, writer):
+        try:
+            while not writer.is_closing():
+                message = await reader.readmessage()
+                number = int(str(message.segment("MSH")[13]))
+                code = "AA"
+                if number == self.last + 1:
+                    self.messages.append(str(message))
+                    self.last = number
+                elif 0 < number <= self.last:
+                    self.repeats += 1
+                elif number != 0:
+                    code = "AR"  # a gap: the sender must start the link again
+                if number == self.hold_at:
+                    self.holding.set()
+                await asyncio.sleep(self.hold_s if number else 0)
+                msh, msa = str(message.create_ack(ack_code=code)).strip("\r").split("\r")
+                writer.writemessage(hl7.parse(f"{msh}\r{msa}||{self.last + 1}"))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def _queued(outbox, n: int) -> dict[str, bool]:
+    queued = {}
+    for i in range(n):
+        source = _source(f"K{i}")
+        source.SOPInstanceUID = f"1.2.826.0.1.3680043.10.{i + 1}"
+        queued[message_id(source, "hl7")] = outbox.put("hl7", message_id(source, "hl7"), hl7_oru(source, _result()))
+    return queued
+
+
+def test_by_the_sequence_number_protocol_a_deliverer_killed_with_an_ack_in_flight_delivers_each_message_once(
+        tmp_path):
+    """The kill lands while the receiver holds the ACK of message 8 (it has taken it): without the protocol that
+    message is sent again (the test above); with it, the restarted deliverer starts the link, learns the receiver
+    expects 9, and counts 8 as delivered. Every message arrives exactly once, in order."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from gateway.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    queued = _queued(outbox, 20)
+    port = free_port()
+
+    def driver():
+        return subprocess.Popen([sys.executable, "-m", "tests.gateway.outbox_driver", str(tmp_path / "outbox"),
+                                 f"127.0.0.1:{port}", "--sequence"], start_new_session=True)
+
+    with SequencedListener(port, hold_at=8) as ris:
+        first = driver()
+        assert ris.holding.wait(60), "message 8 never arrived"
+        os.killpg(first.pid, signal.SIGKILL)  # the receiver has taken message 8; its ACK is still held
+        first.wait()
+        pending = {json.loads(p.read_text())["id"]: json.loads(p.read_text()).get("sequence") for p in outbox.waiting()}
+        second = driver()
+        try:
+            wait_until(lambda: outbox.depth() == 0, timeout_s=60, what="the restarted deliverer to drain the outbox")
+            time.sleep(0.5)
+        finally:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait()
+    assert all(queued.values()) and 8 in pending.values()  # message 8 was taken but still queued at the kill
+    ids = [str(hl7.parse(m).segment("MSH")[10]) for m in ris.messages]
+    numbers = [int(str(hl7.parse(m).segment("MSH")[13])) for m in ris.messages]
+    assert sorted(ids) == sorted(queued) and len(ids) == 20  # each message taken exactly once
+    assert numbers == list(range(1, 21))  # in order
+    assert ris.repeats == 0  # and none even sent twice
+
+
+def test_a_receiver_without_the_protocol_is_named_and_nothing_is_dropped(tmp_path, caplog):
+    from gateway.outbox import Deliverer, Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    _queued(outbox, 2)
+    port = free_port()
+    with MLLPListener(port) as ris:  # acknowledges with AA and no expected number
+        deliverer = Deliverer(outbox, Destinations(hl7=f"127.0.0.1:{port}", hl7_sequence=True))
+        assert deliverer.drain_once() == 0
+    assert outbox.depth() == 2 and len(ris.messages) == 1  # only the link-start message went out
+    assert "does not implement the sequence number protocol" in caplog.text
+
+
+def test_msh13_and_msa4_are_read_and_written_where_hl7_puts_them():
+    from gateway.hl7_sequence import expected_number, start_message, with_sequence
+
+    oru = hl7_oru(_source(), _result())
+    numbered = hl7.parse(with_sequence(oru, 42))
+    assert str(numbered.segment("MSH")[13]) == "42" and str(numbered.segment("MSH")[10]) == str(
+        hl7.parse(oru).segment("MSH")[10])
+    assert len(numbered) == len(hl7.parse(oru))  # every segment kept
+    start = hl7.parse(start_message("S1"))
+    assert str(start.segment("MSH")[13]) == "0" and len(start) == 1
+    assert expected_number("MSH|^~\\&|A|B|||20260101||ACK|C1|P|2.5.1\rMSA|AA|X1||9") == 9
+    assert expected_number("MSH|^~\\&|A|B|||20260101||ACK|C1|P|2.5.1\rMSA|AA|X1") is None
