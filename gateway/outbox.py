@@ -10,8 +10,8 @@ it again) and removed from ``pending/`` only after the receiver's acknowledgemen
 2xx). A crash between the acknowledgement and the move sends that one message again, with the same id (HL7
 MSH-10, FHIR identifiers created ``ifNoneExist``), which the receiver can drop: at-least-once delivery with
 idempotent ids. With ``Destinations.hl7_sequence`` HL7 goes by the sequence number protocol
-(:mod:`gateway.hl7_sequence`): in order, and exactly once to a receiver that implements it. Failed sends are retried, doubling the wait up to ``max_backoff_s``, forever: a message is never
-dropped.
+(:mod:`gateway.hl7_sequence`): in order, and exactly once to a receiver that implements it. Failed sends are
+retried, doubling the wait up to ``max_backoff_s``, forever: a message is never dropped.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,7 +215,7 @@ class Deliverer:
         return delivered
 
     def _start_link(self) -> int:
-        ack = exchange_hl7(self.destinations.hl7, start_message(f"START{self._numbers.last()}"))
+        ack = exchange_hl7(self.destinations.hl7, start_message(uuid.uuid4().hex[:20].upper()))
         expected = expected_number(ack)
         if expected is None or expected < 1:
             raise OSError(f"HL7 receiver gave no expected sequence number (MSA-4) to the link-start message: it "
