@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from cxr.admin_key import find_key
 from export import release
-from cxr.release_record import ReleaseError, load_state
+from cxr.release_record import load_state
 from export.release import PUBLISHABLE, publish_thresholds
 from ops.admin import TritonAdmin
 from ops.rollout import Rollout
@@ -44,36 +43,32 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--admin-key-file", help="the key `cxr serve` wrote (default: $CXR_ADMIN_KEY, else "
                                                   "admin.key beside --repository)")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "status":
-            state = load_state(args.repository)
-            for number, record in sorted(state["releases"].items(), key=lambda kv: int(kv[0])):
-                failed = [g["name"] for g in record.get("gates", []) if not g["passed"]]
-                print(f"release {number:>3}  {record['status']:<9} {record.get('note', ''):<28} "
-                      f"thresholds {record['thresholds_version']}  models {record['models']}"
-                      + (f"  failed gates: {failed}" if failed else ""))
-        elif args.command == "publish":
-            from export.publish import publish  # the training stack (see the module docstring)
+    if args.command == "status":
+        state = load_state(args.repository)
+        for number, record in sorted(state["releases"].items(), key=lambda kv: int(kv[0])):
+            failed = [g["name"] for g in record.get("gates", []) if not g["passed"]]
+            print(f"release {number:>3}  {record['status']:<9} {record.get('note', ''):<28} "
+                  f"thresholds {record['thresholds_version']}  models {record['models']}"
+                  + (f"  failed gates: {failed}" if failed else ""))
+    elif args.command == "publish":
+        from export.publish import publish  # the training stack (see the module docstring)
 
-            result = publish(args.repository, args.model, args.weights, tolerance=args.tolerance,
-                             latency_factor=args.latency_factor, manifest=args.manifest)
-            for gate in result["gates"]:
-                print(f"gate {gate['name']:<8} {'pass' if gate['passed'] else 'FAIL'}  {gate['detail']}")
-            if result["release"] is None:
-                print(f"{args.model} v{result['version']} rejected: the serving release is unchanged")
-                return 1
-            print(f"{args.model} v{result['version']} published as release {result['release']} (cxr models promote)")
-        elif args.command == "thresholds":
-            print(f"release {publish_thresholds(args.repository, args.file)} published (cxr models promote)")
+        result = publish(args.repository, args.model, args.weights, tolerance=args.tolerance,
+                         latency_factor=args.latency_factor, manifest=args.manifest)
+        for gate in result["gates"]:
+            print(f"gate {gate['name']:<8} {'pass' if gate['passed'] else 'FAIL'}  {gate['detail']}")
+        if result["release"] is None:
+            print(f"{args.model} v{result['version']} rejected: the serving release is unchanged")
+            return 1
+        print(f"{args.model} v{result['version']} published as release {result['release']} (cxr models promote)")
+    elif args.command == "thresholds":
+        print(f"release {publish_thresholds(args.repository, args.file)} published (cxr models promote)")
+    else:
+        key = find_key(args.repository, args.admin_key_file)
+        rollout = Rollout(args.repository, [TritonAdmin(url, key) for url in args.url or ["localhost:8000"]])
+        if args.command == "shadow":
+            result = rollout.shadow(args.version, args.fraction)
         else:
-            key = find_key(args.repository, args.admin_key_file)
-            rollout = Rollout(args.repository, [TritonAdmin(url, key) for url in args.url or ["localhost:8000"]])
-            if args.command == "shadow":
-                result = rollout.shadow(args.version, args.fraction)
-            else:
-                result = rollout.promote(args.release) if args.command == "promote" else rollout.rollback()
-            print(json.dumps(result))
-    except ReleaseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            result = rollout.promote(args.release) if args.command == "promote" else rollout.rollback()
+        print(json.dumps(result))
     return 0

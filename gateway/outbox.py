@@ -218,8 +218,8 @@ class Deliverer:
         ack = exchange_hl7(self.destinations.hl7, start_message(uuid.uuid4().hex[:20].upper()))
         expected = expected_number(ack)
         if expected is None or expected < 1:
-            raise OSError(f"HL7 receiver gave no expected sequence number (MSA-4) to the link-start message: it "
-                          f"does not implement the sequence number protocol (drop --hl7-sequence)")
+            raise OSError("HL7 receiver gave no expected sequence number (MSA-4) to the link-start message: it "
+                          "does not implement the sequence number protocol (drop --hl7-sequence)")
         return expected
 
     def wake(self) -> None:
