@@ -16,7 +16,9 @@ RUNTIME = "cxr"  # the package the python models import; the only code of ours a
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Streamed: a packed environment is hundreds of MB."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def install_python_model(source: str, version_dir: Path) -> None:
