@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     targets = parse_targets(args.sensitivity)
     lower_bound = frozenset(args.lower_bound)
+    if lower_bound and args.resamples < 1:
+        parser.error("--lower-bound needs the bootstrap: --resamples >= 1")
     if lower_bound - set(targets):
         parser.error(f"--lower-bound {', '.join(sorted(lower_bound - set(targets)))}: not a --sensitivity target "
                      f"({', '.join(targets)})")

@@ -12,20 +12,27 @@ agree on what was received. The protocol, as the standard gives it:
 - sequence number 0 is reserved for (re)starting the link: a message with no functional content, answered with
   the expected number. After every start, and after any failure, the gateway sends it first: every queued
   message numbered below the expected one was taken by the receiver (its ACK was what got lost), so it is
-  marked delivered without being sent again; the rest are sent in order, one at a time.
+  marked delivered without being sent again; the rest are sent in order, one at a time, each accepted only by
+  ``AA``/``CA`` with the next number expected.
 
 The numbers are durable here too: a message keeps the number it was first sent with (written into its outbox
-file before it is sent), and ``<outbox>/hl7-sequence`` holds the last number given out.
+file before it is sent), and ``<outbox>/hl7-sequence`` holds the last number given out. Exactly once holds while
+the two sides' numbers agree; where they do not (the receiver expects a number this side never gave out, or
+one beyond the next queued message: its state was replaced, restored or shared), HL7 asks for a person and so
+does this: delivery stops with an error naming both numbers, and nothing more is marked delivered.
 """
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import hl7
 
+from gateway import mllp
 from gateway.spool import fsync_dir
 
 START = 0  # MSH-13 of the link-start message
@@ -61,7 +68,11 @@ class SequenceNumbers:
         self.path = Path(path)
 
     def last(self) -> int:
-        return int(self.path.read_text()) if self.path.exists() else 0
+        text = self.path.read_text().strip() if self.path.exists() else "0"
+        if not text.isdigit():
+            raise OSError(f"{self.path}: not a sequence number ({text[:20]!r}); the HL7 sequence state is lost "
+                          f"and must be set by a person (the receiver's expected number, minus one)")
+        return int(text)
 
     def assign(self, message_file: Path, floor: int = 0) -> int:
         """Give the queued message in ``message_file`` the next number (above ``floor``, the highest number any
@@ -78,7 +89,65 @@ class SequenceNumbers:
         os.replace(tmp, message_file)
         fsync_dir(message_file.parent)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(str(number))
+        with open(tmp, "w") as f:
+            f.write(str(number))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
         return number
+
+
+class SequencedSender:
+    """The initiating side of one link: delivers queued HL7 messages (outbox files, :mod:`gateway.outbox`) in
+    order by the protocol. ``exchange`` sends one message and returns its acknowledgement (:func:`mllp.exchange`;
+    tests pass a fake)."""
+
+    def __init__(self, address: str, counter: str | Path,
+                 exchange: Callable[[str, str], str] = mllp.exchange) -> None:
+        self.address, self.numbers, self.exchange = address, SequenceNumbers(counter), exchange
+        self.expected: int | None = None  # the receiver's expected number; None: start the link first
+
+    def deliver(self, paths: list[Path], delivered: Callable[[Path], None],
+                stopping: Callable[[], bool] = lambda: False) -> None:
+        """Deliver the messages in ``paths`` (numbered ones first, by number, then the rest in queue order),
+        calling ``delivered(path)`` for each the receiver holds. Raises on the first failure or disagreement
+        (the caller starts the link again later); the link is then started anew."""
+        messages = [(path, json.loads(path.read_text())) for path in paths]
+        messages.sort(key=lambda m: (m[1].get("sequence") is None, m[1].get("sequence") or 0))  # stable: queue order
+        floor = max((m.get("sequence") or 0 for _, m in messages), default=0)
+        try:
+            if self.expected is None:
+                self.expected = self._start_link(max(self.numbers.last(), floor))
+            for path, message in messages:
+                if stopping():
+                    break
+                number = message.get("sequence") or self.numbers.assign(path, floor)
+                floor = max(floor, number)
+                if number > self.expected:
+                    raise OSError(f"HL7 sequence gap: the next queued message is number {number} but the receiver "
+                                  f"expects {self.expected} (HL7 asks for a person here)")
+                if number == self.expected:
+                    ack = self.exchange(self.address, with_sequence(message["payload"], number))
+                    code, expected = mllp.ack_code(ack), expected_number(ack)
+                    if code not in mllp.ACCEPTED or expected not in (None, number + 1):
+                        raise OSError(f"HL7 receiver answered MSA {code} to message {number} (expects {expected})")
+                    self.expected = number + 1
+                # else: below the expected number, so the receiver took it before a crash lost its ACK: not resent
+                delivered(path)
+        except Exception:
+            self.expected = None
+            raise
+
+    def _start_link(self, last_given: int) -> int:
+        """The receiver's expected number, from a link-start message; refused unless it lies within what this
+        side has given out (``last_given`` + 1 at most)."""
+        ack = self.exchange(self.address, start_message(uuid.uuid4().hex[:20].upper()))
+        expected = expected_number(ack)
+        if expected is None or expected < 1:
+            raise OSError("HL7 receiver gave no expected sequence number (MSA-4) to the link-start message: it does "
+                          "not implement the sequence number protocol (drop --hl7-sequence)")
+        if expected > last_given + 1:
+            raise OSError(f"HL7 receiver expects message number {expected}, but this gateway has numbered only "
+                          f"{last_given}: the two sides disagree (HL7 asks for a person here)")
+        return expected

@@ -18,19 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import hl7
-from hl7.client import MLLPClient
-
-from gateway.hl7_sequence import SequenceNumbers, expected_number, start_message, with_sequence
+from gateway import mllp
+from gateway.hl7_sequence import SequencedSender
 from gateway.spool import fsync_dir
 
 log = logging.getLogger("cxr.gateway.outbox")
@@ -85,31 +81,6 @@ class Outbox:
         return sum(1 for _ in self.pending.glob("*.json"))
 
 
-def exchange_hl7(address: str, message: str, timeout_s: float = 10.0) -> str:
-    """Send one HL7 message over MLLP; its acknowledgement (text)."""
-    host, port = address.rsplit(":", 1)
-    client = MLLPClient(host, int(port))
-    try:
-        client.socket.settimeout(timeout_s)
-        ack = client.send_message(message)
-    except socket.timeout as exc:
-        raise OSError(f"no ACK from {address} within {timeout_s:.0f} s") from exc
-    finally:
-        client.close()
-    return ack.decode() if isinstance(ack, bytes) else str(ack)
-
-
-def _accepted(ack: str) -> str:
-    return str(hl7.parse(ack).segment("MSA")[1])
-
-
-def send_hl7(address: str, message: str, timeout_s: float = 10.0) -> None:
-    """Send one HL7 message over MLLP and require an accepting ACK (MSA-1 ``AA`` or ``CA``)."""
-    code = _accepted(exchange_hl7(address, message, timeout_s))
-    if code not in ("AA", "CA"):
-        raise OSError(f"HL7 receiver {address} answered MSA {code}")
-
-
 def send_http(url: str, document: dict, timeout_s: float = 10.0, content_type: str = "application/json") -> None:
     """POST a JSON document; any non-2xx answer or network error raises ``OSError``."""
     request = urllib.request.Request(url, data=json.dumps(document).encode(), method="POST",
@@ -129,13 +100,13 @@ class Deliverer:
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._retry_at: dict[str, tuple[float, float]] = {}  # file name -> (next attempt time, current wait)
-        self._numbers = SequenceNumbers(outbox.pending.parent / "hl7-sequence")
-        self._expected: int | None = None  # the HL7 receiver's expected sequence number; None: start the link first
+        self._sequenced = SequencedSender(destinations.hl7, outbox.pending.parent / "hl7-sequence") \
+            if destinations.hl7 and destinations.hl7_sequence else None
 
     def send(self, channel: str, payload) -> None:
         target = getattr(self.destinations, channel)
         if channel == "hl7":
-            send_hl7(target, payload)
+            mllp.send(target, payload)
         elif channel == "fhir":
             send_http(target, payload, content_type="application/fhir+json")
         else:
@@ -144,7 +115,7 @@ class Deliverer:
     def drain_once(self) -> int:
         """Try every pending message whose retry time has come; how many were delivered."""
         delivered, waiting = 0, self.outbox.waiting()
-        if self.destinations.hl7 and self.destinations.hl7_sequence:
+        if self._sequenced is not None:
             delivered += self._drain_sequenced([p for p in waiting if p.name.startswith("hl7-")])
             waiting = [p for p in waiting if not p.name.startswith("hl7-")]
         for path in waiting:
@@ -169,58 +140,28 @@ class Deliverer:
         return delivered
 
     def _drain_sequenced(self, paths: list[Path]) -> int:
-        """HL7 by the sequence number protocol: start the link (learn the expected number), count every queued
-        message numbered below it as delivered, send the rest in order; on any failure stop, restart later."""
+        """HL7 by the sequence number protocol (:class:`SequencedSender`); on any failure it stops, and the link is
+        started again after the backoff."""
         next_at, wait = self._retry_at.get("hl7", (0.0, self.backoff_s))
         if not paths or time.monotonic() < next_at:
             return 0
-        messages = [(path, json.loads(path.read_text())) for path in paths]
-        messages.sort(key=lambda m: (m[1].get("sequence") is None, m[1].get("sequence") or 0))  # stable: queue order
-        floor = max((m.get("sequence") or 0 for _, m in messages), default=0)
         delivered = 0
+
+        def done(path: Path) -> None:
+            nonlocal delivered
+            self.outbox.delivered(path)
+            self.on_result("hl7", True)
+            delivered += 1
+
         try:
-            if self._expected is None:
-                self._expected = self._start_link()
-            for path, message in messages:
-                if self._stop.is_set():
-                    break
-                # a new number never falls below what the receiver expects (an outbox that lost its counter would
-                # otherwise take a new message for one received before)
-                number = message.get("sequence") or self._numbers.assign(path, max(floor, self._expected - 1))
-                floor = max(floor, number)
-                if number > self._expected:
-                    raise OSError(f"HL7 sequence gap: next queued message is number {number} but the receiver "
-                                  f"expects {self._expected} (its state was reset? HL7 asks for a person here)")
-                if number == self._expected:
-                    ack = exchange_hl7(self.destinations.hl7, with_sequence(message["payload"], number))
-                    expected = expected_number(ack)
-                    if not (expected is not None and expected > number
-                            or expected is None and _accepted(ack) in ("AA", "CA")):
-                        raise OSError(f"HL7 receiver answered MSA {_accepted(ack)} to message {number} "
-                                      f"(expects {expected})")
-                    self._expected = expected if expected is not None else number + 1
-                else:  # taken by the receiver before a crash lost its ACK: not sent again
-                    log.info("hl7 message %s (number %d) was received before the restart; not resent",
-                             message["id"][-8:], number)
-                self.outbox.delivered(path)
-                self.on_result("hl7", True)
-                delivered += 1
+            self._sequenced.deliver(paths, done, self._stop.is_set)
         except Exception as exc:  # unreachable, refused, out of step: start the link again later, never drop
-            self._expected = None
             self._retry_at["hl7"] = (time.monotonic() + wait, min(wait * 2, self.max_backoff_s))
             self.on_result("hl7", False)
-            log.warning("hl7 delivery stopped (%s: %s); will restart the link", type(exc).__name__, exc)
+            log.warning("hl7 delivery stopped (%s: %s); will start the link again", type(exc).__name__, exc)
             return delivered
         self._retry_at.pop("hl7", None)
         return delivered
-
-    def _start_link(self) -> int:
-        ack = exchange_hl7(self.destinations.hl7, start_message(uuid.uuid4().hex[:20].upper()))
-        expected = expected_number(ack)
-        if expected is None or expected < 1:
-            raise OSError("HL7 receiver gave no expected sequence number (MSA-4) to the link-start message: it "
-                          "does not implement the sequence number protocol (drop --hl7-sequence)")
-        return expected
 
     def wake(self) -> None:
         self._wake.set()

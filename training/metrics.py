@@ -136,12 +136,15 @@ def proportion_lower_bound(hits: np.ndarray, positive: np.ndarray, counts: np.nd
                            level: float = 0.95) -> float:
     """The lower end of the :func:`group_bootstrap` interval (same draws ``counts``/``members``) of the share of
     ``positive`` items that are ``hits``: the same number :func:`group_bootstrap` prints, computed in one matrix
-    product instead of a loop, so that a threshold search can evaluate it at every candidate."""
+    product instead of a loop, so that a threshold search can evaluate it at every candidate. NaN where
+    :func:`group_bootstrap` gives None (positives in fewer than half the resamples, or no resamples)."""
     per_group_hits = np.array([np.sum(hits[m] & positive[m]) for m in members], float)
     per_group_pos = np.array([np.sum(positive[m]) for m in members], float)
     drawn_pos = counts @ per_group_pos
     share = (counts @ per_group_hits)[drawn_pos > 0] / drawn_pos[drawn_pos > 0]
-    return float(np.percentile(share, 100 * (1 - level) / 2)) if len(share) else float("nan")
+    if len(share) < max(1, len(counts) // 2):  # undefined, as group_bootstrap has it (None)
+        return float("nan")
+    return float(np.percentile(share, 100 * (1 - level) / 2))
 
 
 def bootstrap_intervals(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str], resamples: int = 1000,

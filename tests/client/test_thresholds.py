@@ -24,6 +24,15 @@ def _scored(n: int = 400, seed: int = 0):
     return Scored(records, probs, np.full(n, 0.3), rng.random(n))
 
 
+def _next_candidate(scored, target: str, fitted: float) -> float:
+    """The smallest score of a positive study above the fitted threshold's 1e-4 rounding (fit_one rounds down to
+    1e-4 from the last candidate that meets the target): the first candidate the search must have rejected."""
+    from client.thresholds import _positives
+
+    score = 1 - scored.probabilities[:, 0] if target == "abnormal" else scored.probabilities[:, LABELS.index(target)]
+    return float(np.min(score[_positives(scored, target) & (score > fitted + 1e-4)]))
+
+
 def test_fitted_thresholds_meet_each_target_and_are_the_largest_that_do():
     from client.thresholds import _at_least, _positives, _with, fit, operating_report, priorities
     from cxr.triage import Thresholds
@@ -38,7 +47,7 @@ def test_fitted_thresholds_meet_each_target_and_are_the_largest_that_do():
     for target, goal in targets.items():
         assert report[f"{target}_sensitivity"]["value"] >= goal
         value = fitted.abnormal_expedited if target == "abnormal" else fitted.urgent[target]
-        tighter = _with(fitted, target, value + 0.002)  # a little higher and the target fails
+        tighter = _with(fitted, target, _next_candidate(scored, target, value))  # the next one up fails
         positive = _positives(scored, target)
         assert (priorities(scored, tighter)[positive] <= _at_least(target)).mean() < goal
     shares = sum(report[f"share_{p}"]["value"] for p in ("urgent", "expedited", "routine"))
@@ -88,8 +97,8 @@ def test_a_lower_bound_fit_holds_the_printed_interval_not_just_the_point_estimat
     assert bounded.abnormal_expedited < point.abnormal_expedited  # a margin: more studies moved up
     report = operating_report(scored, bounded, targets, resamples=200)
     assert report["abnormal_sensitivity"]["ci95"][0] >= 0.9  # the interval it prints is the one it fitted
-    tighter = operating_report(scored, _with(bounded, "abnormal", bounded.abnormal_expedited + 0.002), targets,
-                               resamples=200)
+    above = _next_candidate(scored, "abnormal", bounded.abnormal_expedited)
+    tighter = operating_report(scored, _with(bounded, "abnormal", above), targets, resamples=200)
     assert tighter["abnormal_sensitivity"]["ci95"][0] < 0.9  # and it is the largest threshold that holds it
     positive = _positives(scored, "abnormal")
     assert (priorities(scored, bounded)[positive] <= _at_least("abnormal")).mean() > 0.9

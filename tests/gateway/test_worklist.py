@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -360,3 +361,56 @@ def test_msh13_and_msa4_are_read_and_written_where_hl7_puts_them():
     assert str(start.segment("MSH")[13]) == "0" and len(start) == 1
     assert expected_number("MSH|^~\\&|A|B|||20260101||ACK|C1|P|2.5.1\rMSA|AA|X1||9") == 9
     assert expected_number("MSH|^~\\&|A|B|||20260101||ACK|C1|P|2.5.1\rMSA|AA|X1") is None
+
+
+class FakeReceiver:
+    """The protocol's receiving side as a function (``exchange``), with knobs to make it misbehave."""
+
+    def __init__(self, last: int = 0, code: str = "AA", skip: int = 1) -> None:
+        self.last, self.code, self.skip, self.taken = last, code, skip, []
+
+    def __call__(self, address: str, message: str) -> str:
+        parsed = hl7.parse(message)
+        number = int(str(parsed.segment("MSH")[13]))
+        if number == self.last + 1:
+            self.taken.append(number)
+            self.last = number
+        msh, msa = str(parsed.create_ack(ack_code=self.code if number else "AA")).strip("\r").split("\r")
+        expected = self.last + (self.skip if number else 1)
+        return f"{msh}\r{msa}||{expected}"
+
+
+@pytest.mark.parametrize("receiver, error", [
+    (FakeReceiver(code="AR"), "answered MSA AR to message 1"),  # rejected, though it names the next number
+    (FakeReceiver(skip=3), "(expects 4)"),  # a number skipped
+    (FakeReceiver(last=49), "expects message number 50, but this gateway has numbered only 0"),  # ahead of us
+])
+def test_a_receiver_out_of_step_stops_delivery_and_nothing_is_marked_delivered(tmp_path, receiver, error):
+    from gateway.hl7_sequence import SequencedSender
+    from gateway.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    _queued(outbox, 3)
+    sender = SequencedSender("ris:2575", tmp_path / "outbox" / "hl7-sequence", exchange=receiver)
+    done = []
+    with pytest.raises(OSError, match=re.escape(error)):
+        sender.deliver(outbox.waiting(), done.append)
+    assert done == [] and outbox.depth() == 3 and sender.expected is None  # the link starts again next time
+
+
+def test_a_sequenced_sender_numbers_in_queue_order_and_keeps_the_numbers(tmp_path):
+    from gateway.hl7_sequence import SequencedSender, SequenceNumbers
+    from gateway.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    queued = list(_queued(outbox, 3))
+    receiver, counter = FakeReceiver(), tmp_path / "outbox" / "hl7-sequence"
+    SequencedSender("ris:2575", counter, exchange=receiver).deliver(outbox.waiting(), outbox.delivered)
+    assert receiver.taken == [1, 2, 3] and outbox.depth() == 0 and SequenceNumbers(counter).last() == 3
+    numbered = {json.loads(p.read_text())["id"]: json.loads(p.read_text())["sequence"] for p in outbox.sent.iterdir()}
+    assert [numbered[i] for i in queued] == [1, 2, 3]  # the queue's order
+    counter.write_text("")  # a counter lost (a power cut before its fsync, in the old code)
+    _queued(outbox, 4)  # one more (ids repeat for the first 3: not queued again)
+    with pytest.raises(OSError, match="sequence state is lost"):
+        SequencedSender("ris:2575", counter, exchange=receiver).deliver(outbox.waiting(), outbox.delivered)
+    assert outbox.depth() == 1
