@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -197,22 +201,43 @@ def test_a_receiver_that_is_down_gets_the_message_once_it_is_up_even_after_a_res
     assert str(hl7.parse(ris.messages[0]).segment("MSH")[10]) == message_id(source, "hl7")
 
 
+def _queued(outbox, n: int) -> dict[str, bool]:
+    queued = {}
+    for i in range(n):
+        source = _source(f"K{i}")
+        source.SOPInstanceUID = f"1.2.826.0.1.3680043.10.{i + 1}"
+        queued[message_id(source, "hl7")] = outbox.put("hl7", message_id(source, "hl7"), hl7_oru(source, _result()))
+    return queued
+
+
+def _driver(outbox, port: int, *flags: str) -> subprocess.Popen:
+    """The deliverer alone in a process of its own (tests.gateway.outbox_driver), which a test can SIGKILL."""
+    return subprocess.Popen([sys.executable, "-m", "tests.gateway.outbox_driver", str(outbox.pending.parent),
+                             f"127.0.0.1:{port}", *flags], start_new_session=True)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _drain_after_restart(outbox, port: int, *flags: str) -> None:
+    """Start the deliverer again and let it empty the outbox (then stop it)."""
+    second = _driver(outbox, port, *flags)
+    try:
+        wait_until(lambda: outbox.depth() == 0, timeout_s=60, what="the restarted deliverer to drain the outbox")
+        time.sleep(0.5)
+    finally:
+        _kill(second)
+
+
 def test_a_deliverer_killed_mid_delivery_loses_nothing_and_repeats_at_most_the_message_in_flight(tmp_path):
     """SIGKILL while messages are on the wire, restart: every message arrives; the only possible repeat is the one
     whose ACK came back as the process died, and it carries the same control id (MSH-10) for the receiver to drop."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from gateway.outbox import Outbox
 
     outbox = Outbox(tmp_path / "outbox")
-    sent = {}
-    for i in range(20):
-        source = _source(f"K{i}")
-        source.SOPInstanceUID = f"1.2.826.0.1.3680043.10.{i + 1}"
-        sent[message_id(source, "hl7")] = outbox.put("hl7", message_id(source, "hl7"), hl7_oru(source, _result()))
+    sent = _queued(outbox, 20)
     port = free_port()
 
     class SlowListener(MLLPListener):  # acknowledges after 0.2 s, so a kill lands while messages are in flight
@@ -227,23 +252,12 @@ def test_a_deliverer_killed_mid_delivery_loses_nothing_and_repeats_at_most_the_m
             except (asyncio.IncompleteReadError, ConnectionError):
                 writer.close()
 
-    def driver():
-        return subprocess.Popen([sys.executable, "-m", "tests.gateway.outbox_driver", str(tmp_path / "outbox"),
-                                 f"127.0.0.1:{port}"], start_new_session=True)
-
     with SlowListener(port) as ris:
-        first = driver()
+        first = _driver(outbox, port)
         wait_until(lambda: len(ris.messages) >= 6, timeout_s=60, what="some messages to arrive")
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        _kill(first)
         left = outbox.depth()
-        second = driver()
-        try:
-            wait_until(lambda: outbox.depth() == 0, timeout_s=60, what="the restarted deliverer to drain the outbox")
-            time.sleep(0.5)
-        finally:
-            os.killpg(second.pid, signal.SIGKILL)
-            second.wait()
+        _drain_after_restart(outbox, port)
     ids = [str(hl7.parse(m).segment("MSH")[10]) for m in ris.messages]
     assert all(sent.values()) and 0 < left < 20  # the kill came mid-way
     assert set(ids) == set(sent)  # nothing lost
@@ -286,48 +300,23 @@ class SequencedListener(MLLPListener):
             writer.close()
 
 
-def _queued(outbox, n: int) -> dict[str, bool]:
-    queued = {}
-    for i in range(n):
-        source = _source(f"K{i}")
-        source.SOPInstanceUID = f"1.2.826.0.1.3680043.10.{i + 1}"
-        queued[message_id(source, "hl7")] = outbox.put("hl7", message_id(source, "hl7"), hl7_oru(source, _result()))
-    return queued
-
-
 def test_by_the_sequence_number_protocol_a_deliverer_killed_with_an_ack_in_flight_delivers_each_message_once(
         tmp_path):
     """The kill lands while the receiver holds the ACK of message 8 (it has taken it): without the protocol that
     message is sent again (the test above); with it, the restarted deliverer starts the link, learns the receiver
     expects 9, and counts 8 as delivered. Every message arrives exactly once, in order."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from gateway.outbox import Outbox
 
     outbox = Outbox(tmp_path / "outbox")
     queued = _queued(outbox, 20)
     port = free_port()
 
-    def driver():
-        return subprocess.Popen([sys.executable, "-m", "tests.gateway.outbox_driver", str(tmp_path / "outbox"),
-                                 f"127.0.0.1:{port}", "--sequence"], start_new_session=True)
-
     with SequencedListener(port, hold_at=8) as ris:
-        first = driver()
+        first = _driver(outbox, port, "--sequence")
         assert ris.holding.wait(60), "message 8 never arrived"
-        os.killpg(first.pid, signal.SIGKILL)  # the receiver has taken message 8; its ACK is still held
-        first.wait()
+        _kill(first)  # the receiver has taken message 8; its ACK is still held
         pending = {json.loads(p.read_text())["id"]: json.loads(p.read_text()).get("sequence") for p in outbox.waiting()}
-        second = driver()
-        try:
-            wait_until(lambda: outbox.depth() == 0, timeout_s=60, what="the restarted deliverer to drain the outbox")
-            time.sleep(0.5)
-        finally:
-            os.killpg(second.pid, signal.SIGKILL)
-            second.wait()
+        _drain_after_restart(outbox, port, "--sequence")
     assert all(queued.values()) and 8 in pending.values()  # message 8 was taken but still queued at the kill
     ids = [str(hl7.parse(m).segment("MSH")[10]) for m in ris.messages]
     numbers = [int(str(hl7.parse(m).segment("MSH")[13])) for m in ris.messages]
