@@ -13,6 +13,7 @@ CASES = {
     "mobilenetv2": ((2, 1, 128, 128), False, (2, 5)),
     "lung_resunet18": ((2, 1, 128, 128), False, (2, 1, 128, 128)),
     "lung_resunet34": ((1, 1, 64, 64), False, (1, 1, 64, 64)),
+    "lung_unet_mobilenetv2": ((2, 1, 64, 64), False, (2, 1, 64, 64)),
     "resnet18": ((2, 1, 64, 64), False, (2, 5)),
     "resnet18_ma": ((2, 1, 64, 64), True, (2, 5)),
     "efficientnet_b0": ((2, 1, 64, 64), False, (2, 5)),

@@ -1,4 +1,5 @@
-"""Lung segmentation ResUNet: U-Net with a ResNet encoder (segmentation-models-pytorch), as in MANet stage 1."""
+"""Lung segmentation U-Nets (segmentation-models-pytorch): ResNet encoders as in MANet stage 1, and a MobileNetV2
+encoder with a narrow decoder, the <= 1 GMAC candidate of issue 19."""
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
@@ -9,13 +10,14 @@ from training.models.registry import register_model
 
 
 class LungResUNet(nn.Module):
-    """U-Net with a ResNet encoder producing one lung logit map.
+    """U-Net with an smp encoder (ResNet, MobileNetV2, ...) producing one lung logit map.
 
     Exposes ``encoder`` (with ``out_channels`` and ``output_stride``), ``decoder`` and
     ``segmentation_head``; :meth:`forward` rejects inputs whose size is not a multiple of the stride.
 
     Args:
-        encoder_name: smp encoder (``resnet18``, ``resnet34``, ...); trained from scratch (no hub weights).
+        encoder_name: smp encoder (``resnet18``, ``resnet34``, ``mobilenet_v2``, ...); trained from scratch (no hub
+            weights).
         decoder_channels: U-Net decoder widths, deepest first.
         in_chans: input channels.
     """
@@ -54,3 +56,9 @@ def lung_resunet18(**overrides) -> LungResUNet:
 @register_model
 def lung_resunet34(**overrides) -> LungResUNet:
     return LungResUNet(**{"encoder_name": "resnet34", **overrides})
+
+
+@register_model
+def lung_unet_mobilenetv2(**overrides) -> LungResUNet:
+    """0.91 GMAC at 256 px (vs 3.48 for ``lung_resunet18``): MobileNetV2 encoder, decoder 64-32-16-16-8."""
+    return LungResUNet(**{"encoder_name": "mobilenet_v2", "decoder_channels": (64, 32, 16, 16, 8), **overrides})
