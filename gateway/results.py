@@ -30,7 +30,7 @@ from pydicom.valuerep import DA, TM
 from cxr import __version__
 from cxr.labels import LABELS
 from cxr.preprocess import letterbox_geometry
-from cxr.specs import CAM, LUNG_MASK
+from cxr.specs import CAM, LUNG_MASK, LUNG_SEGMENTATION
 
 MANUFACTURER = "cxr-triage"
 SOFTWARE = "cxr-triage gateway"
@@ -236,7 +236,7 @@ def build_seg(source: Dataset, result: Triaged) -> hd.seg.Segmentation:
         segmented_property_type=codes.SCT.Lung,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="lung_resunet18", version=result.model_versions.get("lung_segmentation", "1"),
+            name=LUNG_SEGMENTATION.name, version=result.model_versions.get("lung_segmentation", "1"),
             family=codes.DCM.ArtificialIntelligence),
     )
     series = _series(source, "seg")
@@ -246,7 +246,7 @@ def build_seg(source: Dataset, result: Triaged) -> hd.seg.Segmentation:
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
         series_description="AI lung segmentation",
-        manufacturer_model_name="lung_resunet18",
+        manufacturer_model_name=LUNG_SEGMENTATION.name,
         software_versions=SOFTWARE,
         device_serial_number="0",
         **series,
