@@ -24,7 +24,6 @@ does this: delivery stops with an error naming both numbers, and nothing more is
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Callable
 import hl7
 
 from gateway import mllp
-from gateway.spool import fsync_dir
+from gateway.spool import write_durably
 
 START = 0  # MSH-13 of the link-start message
 
@@ -81,20 +80,8 @@ class SequenceNumbers:
         number = max(self.last(), floor) + 1
         message = json.loads(message_file.read_text())
         message["sequence"] = number
-        tmp = message_file.with_name(f".{message_file.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(message, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, message_file)
-        fsync_dir(message_file.parent)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            f.write(str(number))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_durably(message_file, json.dumps(message))
+        write_durably(self.path, str(number))
         return number
 
 

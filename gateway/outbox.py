@@ -27,7 +27,7 @@ from pathlib import Path
 
 from gateway import mllp
 from gateway.hl7_sequence import SequencedSender
-from gateway.spool import fsync_dir
+from gateway.spool import fsync_dir, write_durably
 
 log = logging.getLogger("cxr.gateway.outbox")
 CHANNELS = ("hl7", "fhir", "webhook")
@@ -61,13 +61,8 @@ class Outbox:
         with self._lock:
             if (self.pending / name).exists() or (self.sent / name).exists():
                 return False
-            tmp = self.pending / f".{name}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({"channel": channel, "id": message_id, "payload": payload, "queued": time.time()}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.pending / name)
-            fsync_dir(self.pending)
+            message = {"channel": channel, "id": message_id, "payload": payload, "queued": time.time()}
+            write_durably(self.pending / name, json.dumps(message))
             return True
 
     def waiting(self) -> list[Path]:

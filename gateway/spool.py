@@ -41,6 +41,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_durably(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a crash leaves the old or the new file, never a partial one: a
+    temporary file beside it, fsynced, renamed over it, the directory fsynced."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def rank(dicom_priority: int = 0, procedure_priority: str | None = None) -> int:
     """Processing rank: the more urgent of the DIMSE priority and the requested procedure priority."""
     by_procedure = PROCEDURE_PRIORITY_RANK.get(str(procedure_priority or "").strip().upper(), 2)
