@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml | s
 APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl qemu-user nginx
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: system-packages setup demo test test-fast serve repository python-env train train-seg train-cls train-cascade evaluate bench perf-analyzer int8 soak lock clean
+.PHONY: system-packages setup kserve-schema demo test test-fast serve repository python-env train train-seg train-cls train-cascade evaluate bench perf-analyzer int8 soak lock clean
 
 setup: system-packages $(STAMP)
 
@@ -38,13 +38,19 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*; touch $@
 
+# KServe's generated API types (the schema the InferenceService test reads): a hash-pinned wheel, downloaded, not installed.
+KSERVE_WHEEL := build/wheels/$(shell sed -n 's/^kserve==\([^ ]*\).*/kserve-\1-py3-none-any.whl/p' requirements/kserve-schema.txt)
+kserve-schema: $(KSERVE_WHEEL)
+$(KSERVE_WHEEL): requirements/kserve-schema.txt | setup
+	$(PIP) download -q --no-deps --require-hashes -r $< -d build/wheels
+
 repository: setup
 	$(PY) -m export.build_repository --out $(REPOSITORY)
 
 demo: repository
 	$(PY) -m cli.demo --repository $(REPOSITORY)
 
-test: repository
+test: repository $(KSERVE_WHEEL)
 	$(PY) -m pytest -q -rs
 
 test-fast: setup
