@@ -35,9 +35,16 @@ class TrainConfig:
     clahe_p: float = 0.0  # probability of CLAHE augmentation (cascade stage 2)
     workers: int = 0  # DataLoader worker processes (segmenter)
     init_from: str | None = None  # weights to start from, relative to the checkout
+    # segmenter distillation: up to this many train images per manifest that have no lung mask get a teacher's
+    # post-processed mask as their target (0: none); the teacher is a registry name and its weights file
+    pseudo_labels: int = 0
+    teacher: str | None = None
+    teacher_weights: str | None = None  # relative to the checkout
 
     def __post_init__(self) -> None:
         self.aspect_jitter = tuple(self.aspect_jitter)
+        if self.pseudo_labels and not (self.teacher and self.teacher_weights):
+            raise ValueError("pseudo_labels needs a teacher and its teacher_weights")
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> "TrainConfig":

@@ -12,15 +12,16 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from cxr.lungmask import postprocess_mask
-from cxr.specs import LUNG_SEGMENTATION
+from cxr.specs import LUNG_SEGMENTATION, ModelSpec
 from training.common import (
     REPO, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
 )
-from training.data.datasets import SegmentationDataset
-from training.data.manifest import read_manifests
+from training.data.datasets import CachedImages, SegmentationDataset
+from training.config import TrainConfig
+from training.data.manifest import evenly, read_manifest, read_manifests
 from training.loop import train_epoch
 from training.metrics import segmentation_report
 from training.models import create_model
@@ -48,6 +49,20 @@ def predict_masks(
     return masks
 
 
+def teacher_labelled(cfg: TrainConfig, spec: ModelSpec, manifests: list, limit: int | None = None) -> SegmentationDataset:
+    """Distillation data: up to ``cfg.pseudo_labels`` train images of each manifest that have no lung mask
+    (taken evenly), each with the teacher's post-processed mask (at most two lungs, holes filled) as target.
+    The student learns from the teacher what a clean mask of the unlabelled films is (issue 19)."""
+    records = [r for m in manifests for r in evenly([r for r in read_manifest(m, "train") if r.mask is None],
+                                                  cfg.pseudo_labels)][:limit]
+    teacher = create_model(cfg.teacher)
+    load_weights(teacher, REPO / cfg.teacher_weights)
+    cache = CachedImages(records, spec, desc="decode teacher")
+    masks = predict_masks(teacher, torch.stack([torch.from_numpy(cache.prepare.normalise(x)) for x in cache.images]))
+    print(f"teacher {cfg.teacher}: masks for {len(records)} unlabelled train images", flush=True)
+    return SegmentationDataset(records, spec, augment=True, masks=masks)
+
+
 def evaluate(model: torch.nn.Module, dataset: SegmentationDataset) -> dict:
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     return segmentation_report(predict_masks(model, images), dataset.masks)
@@ -63,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
         return [r for r in read_manifests(args.manifest, split) if r.mask is not None][: args.limit]
 
     train = SegmentationDataset(with_masks("train"), spec, augment=True)
+    if cfg.pseudo_labels:
+        train = ConcatDataset([train, teacher_labelled(cfg, spec, args.manifest, args.limit)])
     val = SegmentationDataset(with_masks("val"), spec)
     device = torch.device(args.device)
     workers = cfg.workers  # augmentation runs in worker processes; worth it on a many-core GPU host

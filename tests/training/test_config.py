@@ -32,3 +32,8 @@ def test_defaults_are_the_recipe_without_the_optional_parts():
     config = TrainConfig.from_dict(BASE)
     assert config.ema_decay == 0.0 and config.patience is None and config.aspect_jitter == (1.0, 1.0)
     assert "patience" not in config.to_dict() and config.to_dict()["aspect_jitter"] == [1.0, 1.0]
+
+
+def test_distillation_without_a_teacher_is_refused():
+    with pytest.raises(ValueError, match="pseudo_labels needs a teacher and its teacher_weights"):
+        TrainConfig.from_dict({**BASE, "pseudo_labels": 10, "teacher": "lung_resunet18"})

@@ -30,6 +30,8 @@ CASES = {
     "resnet50_cbam": ((2, 1, 64, 64), False, (2, 5)),
     "seme_resnet50": ((2, 1, 64, 64), False, (2, 3)),
     "seme_densenet169": ((2, 1, 64, 64), False, (2, 2)),
+    "seme_densenet121": ((2, 1, 64, 64), False, (2, 2)),
+    "seme_resnet18": ((2, 1, 64, 64), False, (2, 2)),
     "dpn92": ((2, 1, 64, 64), False, (2, 5)),
     "dpn92_se": ((2, 1, 64, 64), False, (2, 5)),
     "dpn92_gc": ((2, 1, 64, 64), False, (2, 5)),
@@ -117,12 +119,12 @@ def test_mask_attention_points_follow_the_paper():
     assert "Mixed_5b.branch1x1.bn" not in inception  # only the largest receptive field of each module
 
 
-@pytest.mark.parametrize("name,blocks", [("seme_resnet50", 16), ("seme_densenet169", 82), ("dpn92_se", 30)])
+@pytest.mark.parametrize("name,blocks", [("seme_resnet50", 16), ("seme_densenet169", 82), ("seme_densenet121", 58), ("seme_resnet18", 8), ("dpn92_se", 30)])
 def test_squeeze_excitation_in_every_block_with_reduction_16(name, blocks):
     from timm.layers import SEModule
 
     se = [m for m in create_model(name).modules() if isinstance(m, SEModule)]
-    assert len(se) == blocks  # bottlenecks 3+4+6+3; dense layers 6+12+32+32; dual-path blocks 3+4+20+3
+    assert len(se) == blocks  # bottlenecks 3+4+6+3; dense layers 6+12+32+32 / 6+12+24+16; basic blocks 2+2+2+2; dual-path blocks 3+4+20+3
     assert all(abs(m.fc1.out_channels - m.fc1.in_channels / 16) <= 1 for m in se)
 
 

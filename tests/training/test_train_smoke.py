@@ -163,3 +163,31 @@ def test_seeded_report_trains_each_model_per_seed_and_gives_mean_and_sd(data_dir
     assert with_cost == rows
     cost = json.loads((tmp_path / "seeded.json").read_text())["img_s"]
     assert cost["mobilenetv2"] > 0 and "CPU: " in (tmp_path / "seeded.md").read_text()
+
+
+def test_distillation_targets_are_the_teachers_cleaned_masks_of_unlabelled_images(data_dir, tmp_path):
+    """``pseudo_labels``: train images without a lung mask, each paired with the teacher's post-processed mask."""
+    import numpy as np
+    import torch
+
+    from cxr.lungmask import postprocess_mask
+    from cxr.specs import LUNG_SEGMENTATION
+    from training.common import load_weights
+    from training.config import TrainConfig
+    from training.data.manifest import read_manifest
+    from training.models import create_model
+    from training.train_segmenter import teacher_labelled
+
+    cfg = TrainConfig.from_yaml(_segmenter_config(tmp_path, "lung_unet_mobilenetv2", 256, pseudo_labels=3,
+                                                  teacher="lung_resunet18", teacher_weights="weights/lung_resunet18.pt"))
+    manifest = data_dir / "manifest.csv"
+    data = teacher_labelled(cfg, LUNG_SEGMENTATION, [manifest])
+    unlabelled = [r for r in read_manifest(manifest, "train") if r.mask is None]
+    assert len(data) == 3 and all(r in unlabelled for r in data.records)
+    teacher = create_model("lung_resunet18").eval()
+    load_weights(teacher, Path(__file__).resolve().parents[2] / "weights" / "lung_resunet18.pt")
+    with torch.no_grad():
+        logits = teacher(torch.from_numpy(data.cache.prepare.normalise(data.cache.images[0]))[None])
+    expected = postprocess_mask((logits[0, 0] > 0).numpy().astype(np.uint8))
+    assert np.array_equal(data.masks[0], expected) and expected.sum() > 0
+    assert data.geometric is not None  # augmented like the labelled images

@@ -51,12 +51,18 @@ class CachedImages:
 
 
 class SegmentationDataset(Dataset):
-    """``(image (1, H, W), mask (1, H, W))`` pairs for records that have a lung mask."""
+    """``(image (1, H, W), mask (1, H, W))`` pairs for records that have a lung mask, or for every record with
+    ``masks`` given (targets from elsewhere: a teacher's masks for images without one), at the spec's input size."""
 
-    def __init__(self, records: Sequence[Record], spec: ModelSpec, augment: bool = False) -> None:
-        self.records = [r for r in records if r.mask is not None]
+    def __init__(
+        self, records: Sequence[Record], spec: ModelSpec, augment: bool = False,
+        masks: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        if masks is not None and len(masks) != len(records):
+            raise ValueError(f"{len(records)} records but {len(masks)} masks")
+        self.records = list(records) if masks is not None else [r for r in records if r.mask is not None]
         self.cache = CachedImages(self.records, spec, desc="decode seg")
-        self.masks = [read_mask(r.mask, spec.input_size) for r in self.records]
+        self.masks = list(masks) if masks is not None else [read_mask(r.mask, spec.input_size) for r in self.records]
         self.geometric = geometric_augment() if augment else None
         self.intensity = intensity_augment() if augment else None
 

@@ -8,6 +8,8 @@ images is a data option (``training.data.datasets.clahe_augment``).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import timm
 import torch
 from timm.layers import SEModule
@@ -76,3 +78,21 @@ def seme_densenet169(num_classes: int = 2, in_chans: int = 1, **overrides) -> SE
     """Cascade stage 2: SE-DenseNet169 (r=16) + MoEx; covid vs other viral."""
     backbone = timm.create_model("densenet169", pretrained=False, num_classes=num_classes, in_chans=in_chans, **overrides)
     return SEMENet(_se_densenet(backbone), "features.conv0")
+
+
+# Cheaper stage-2 candidates (issue 19: SE-DenseNet169's many small layers cost ~40 ms per image it sees).
+@register_model
+def seme_densenet121(num_classes: int = 2, in_chans: int = 1, **overrides) -> SEMENet:
+    """SE-DenseNet121 (r=16) + MoEx: stage 2 with 58 dense layers instead of 82."""
+    backbone = timm.create_model("densenet121", pretrained=False, num_classes=num_classes, in_chans=in_chans, **overrides)
+    return SEMENet(_se_densenet(backbone), "features.conv0")
+
+
+@register_model
+def seme_resnet18(num_classes: int = 2, in_chans: int = 1, **overrides) -> SEMENet:
+    """SE-ResNet18 (r=16) + MoEx: stage 2 as 8 basic blocks. timm rounds the SE width to a multiple of 8, which
+    makes 64 channels r=8; ``rd_divisor=1`` keeps r=16 on every block, as the paper's SE."""
+    se = partial(SEModule, rd_ratio=1 / SE_REDUCTION, rd_divisor=1)
+    backbone = timm.create_model("seresnet18", pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                 block_args={"attn_layer": se}, **overrides)
+    return SEMENet(backbone, "conv1")
