@@ -31,7 +31,7 @@ CASES = {
     "seme_resnet50": ((2, 1, 64, 64), False, (2, 3)),
     "seme_densenet169": ((2, 1, 64, 64), False, (2, 2)),
     "seme_densenet121": ((2, 1, 64, 64), False, (2, 2)),
-    "seme_resnet18": ((2, 1, 64, 64), False, (2, 2)),
+    "seme_resnet18_slim": ((2, 1, 64, 64), False, (2, 2)),
     "dpn92": ((2, 1, 64, 64), False, (2, 5)),
     "dpn92_se": ((2, 1, 64, 64), False, (2, 5)),
     "dpn92_gc": ((2, 1, 64, 64), False, (2, 5)),
@@ -119,7 +119,7 @@ def test_mask_attention_points_follow_the_paper():
     assert "Mixed_5b.branch1x1.bn" not in inception  # only the largest receptive field of each module
 
 
-@pytest.mark.parametrize("name,blocks", [("seme_resnet50", 16), ("seme_densenet169", 82), ("seme_densenet121", 58), ("seme_resnet18", 8), ("dpn92_se", 30)])
+@pytest.mark.parametrize("name,blocks", [("seme_resnet50", 16), ("seme_densenet169", 82), ("seme_densenet121", 58), ("seme_resnet18_slim", 8), ("dpn92_se", 30)])
 def test_squeeze_excitation_in_every_block_with_reduction_16(name, blocks):
     from timm.layers import SEModule
 
