@@ -1,11 +1,15 @@
 """The naive alternative: a Flask app running the same models in PyTorch eager mode, one request at a time.
 
-    python -m benchmarks.baseline_server --port 8500
+    python -m benchmarks.baseline_server --port 8500 [--segmenter served|lung_resunet18]
 
 This is what a small hospital team would write first (the "B/S" web system of the DPN92+GCNet paper):
 ``POST /triage`` with the encoded image as the body, the shipped weights in PyTorch, the same
 ``cxr`` decoding, preprocessing, mask post-processing, thresholds and cascade as the served ensemble, Flask's
 own server with ``threaded=False``. No batching, no pipelining. It exists only to be measured against.
+
+``--segmenter lung_resunet18`` runs the segmenter served before the distilled MobileNetV2 U-Net (3.48 GMAC
+against 0.91): what a site would otherwise be running today (issue 19's ratio (a)); the default runs the served
+models, so the ratio measures the serving stack alone (ratio (b)).
 """
 from __future__ import annotations
 
@@ -20,17 +24,18 @@ from cxr.cascade import route_batch
 from cxr.labels import LABELS
 from cxr.pixels import ImageError
 from cxr.preprocess import prepare_bytes
-from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION
+from cxr.specs import CLASSIFIER, COVID_STAGE2, EARLIER_SEGMENTATION, LUNG_SEGMENTATION, ModelSpec
 from cxr.triage import Thresholds
 from training.common import REPO
 from training.serving_graph import serving_graph
 
 THRESHOLDS = REPO / "configs" / "triage_thresholds.json"
+SEGMENTERS = {"served": LUNG_SEGMENTATION, EARLIER_SEGMENTATION.name: EARLIER_SEGMENTATION}
 
 
-def create_app(threads: int = 2) -> Flask:
+def create_app(threads: int = 2, segmenter_spec: ModelSpec = LUNG_SEGMENTATION) -> Flask:
     torch.set_num_threads(threads)
-    segmenter, classifier = serving_graph(LUNG_SEGMENTATION), serving_graph(CLASSIFIER)
+    segmenter, classifier = serving_graph(segmenter_spec), serving_graph(CLASSIFIER)
     stage2 = serving_graph(COVID_STAGE2)
     covid = COVID_STAGE2.labels.index("covid")
     thresholds = Thresholds.load(THRESHOLDS)
@@ -68,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--segmenter", choices=sorted(SEGMENTERS), default="served")
     args = parser.parse_args(argv)
-    create_app(args.threads).run(host="127.0.0.1", port=args.port, threaded=False)
+    create_app(args.threads, SEGMENTERS[args.segmenter]).run(host="127.0.0.1", port=args.port, threaded=False)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ For each repository profile (``cpu`` = FP32, ``cpu-int8`` = the INT8 graphs; bui
 2. ``served``: the ``cxr_triage`` ensemble in Triton over gRPC at concurrency 1, 4, 16, 64, with
    Triton's per-step queue/compute statistics for each level.
 
-Then ``baseline``: Flask + PyTorch eager FP32, one request at a time (:mod:`benchmarks.baseline_server`),
-driven by the same load generator with the same images. The top-level summary is the FP32 profile
-(the same models as the baseline); ``profiles`` has every profile's own summary.
+Then two baselines: Flask + PyTorch eager FP32, one request at a time (:mod:`benchmarks.baseline_server`),
+driven by the same load generator with the same images: ``baseline`` runs the served models (the ratio is
+the serving stack alone, ``vs_baseline``); ``baseline_today`` runs the segmenter served before (ResUNet-18,
+3.48 GMAC; same classifier and cascade): what a site would otherwise run (``vs_today_baseline``, issue 19's
+goal: >= 3x FP32, >= 5x INT8). The top-level summary is the FP32 profile; ``profiles`` has every profile's own.
 
 Every server is started here, measured alone (the others stopped) and stopped again. Prints a table
 (or JSON with ``--json``) and writes ``results.json`` and ``latency_throughput.png`` under ``--out``.
@@ -42,6 +44,7 @@ CONCURRENCY = (1, 4, 16, 64)
 PROFILES = {"cpu": "build/model_repository", "cpu-int8": "build/model_repository_int8"}
 BASELINE_CONCURRENCY = (1, 16)
 GOALS = {"efficiency": 0.90, "vs_baseline": 3.0, "p99_over_p50_c1": 1.3}
+VS_TODAY_GOAL = {"cpu": 3.0, "cpu-int8": 5.0}  # served img/s over the Flask baseline of today's models
 
 
 def ensure_repository(profile: str) -> str:
@@ -89,12 +92,14 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
         return levels(server.grpc_url, server.admin_key)
 
 
-def measure_baseline(blobs: list[bytes], concurrency=BASELINE_CONCURRENCY, startup_s: float = 120.0,
-                     say: Callable[[str], None] = _quiet) -> list[dict]:
-    """Start the Flask baseline in a subprocess and drive it with the same load generator."""
+def measure_baseline(blobs: list[bytes], segmenter: str = "served", concurrency=BASELINE_CONCURRENCY,
+                     startup_s: float = 120.0, say: Callable[[str], None] = _quiet) -> list[dict]:
+    """Start the Flask baseline (with ``segmenter``: ``served`` or ``lung_resunet18``) in a subprocess and drive
+    it with the same load generator."""
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port),
+                                "--segmenter", segmenter],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
 
@@ -120,17 +125,18 @@ def measure_baseline(blobs: list[bytes], concurrency=BASELINE_CONCURRENCY, start
         rows = []
         for c in concurrency:
             rows.append(run_load(send, blobs, c, requests_for(c)))
-            say(_level_line("  baseline", rows[-1]))
+            say(_level_line(f"  baseline ({segmenter})", rows[-1]))
         return rows
     finally:
         process.terminate()
         process.wait(30)
 
 
-def summarise(raw: dict, served: list[dict], baseline: list[dict]) -> dict:
-    """The headline numbers and the goals, met or not."""
+def summarise(raw: dict, served: list[dict], baseline: list[dict], today: list[dict], vs_today_goal: float) -> dict:
+    """The headline numbers and the goals, met or not (``vs_today_goal``: the profile's goal over ``today``)."""
     best_served = max(served, key=lambda r: r["img_s"])
     best_base = max(baseline, key=lambda r: r["img_s"])
+    best_today = max(today, key=lambda r: r["img_s"])
     at = {r["concurrency"]: r for r in served}
     base_at = {r["concurrency"]: r for r in baseline}
     c1 = at.get(1)
@@ -141,9 +147,13 @@ def summarise(raw: dict, served: list[dict], baseline: list[dict]) -> dict:
         "efficiency": best_served["img_s"] / raw["raw_img_s"],
         "baseline_img_s": best_base["img_s"],
         "vs_baseline": best_served["img_s"] / best_base["img_s"],
+        "today_baseline_img_s": best_today["img_s"],
+        "vs_today_baseline": best_served["img_s"] / best_today["img_s"],
         "batching_gain": at[16]["img_s"] / at[1]["img_s"] if 1 in at and 16 in at else None,
         "p99_over_p50_c1": c1["p99_ms"] / c1["p50_ms"] if c1 else None,
-        "errors": sum(r["errors"] for r in served + baseline),
+        "errors": sum(r["errors"] for r in served + baseline + today),
+        "p99_ms_c1": {"served": c1["p99_ms"] if c1 else None,
+                      "baseline_today": {r["concurrency"]: r for r in today}.get(1, {}).get("p99_ms")},
     }
     same_c = best_base["concurrency"]
     if same_c in at:
@@ -152,6 +162,7 @@ def summarise(raw: dict, served: list[dict], baseline: list[dict]) -> dict:
     summary["goals"] = {
         "efficiency >= 0.90": summary["efficiency"] >= GOALS["efficiency"],
         "vs_baseline >= 3": summary["vs_baseline"] >= GOALS["vs_baseline"],
+        f"vs_today_baseline >= {vs_today_goal:g}": summary["vs_today_baseline"] >= vs_today_goal,
         "p99 <= 1.3 x p50 at concurrency 1": bool(c1) and summary["p99_over_p50_c1"] <= GOALS["p99_over_p50_c1"],
     }
     return summary
@@ -193,7 +204,8 @@ def print_report(result: dict) -> None:
         raw_bench.print_table(measured["raw"])
         print()
     print(f"{'server':<18} {'conc':>4} {'img/s':>7} {'p50':>7} {'p90':>7} {'p95':>7} {'p99':>7} {'errors':>6}")
-    tables = [(f"served {p}", m["served"]) for p, m in result["profiles"].items()] + [("baseline", result["baseline"])]
+    tables = [(f"served {p}", m["served"]) for p, m in result["profiles"].items()]
+    tables += [("baseline", result["baseline"]), ("baseline today", result["baseline_today"])]
     for name, rows in tables:
         for r in rows:
             print(f"{name:<18} {r['concurrency']:>4} {r['img_s']:>7.2f} {r['p50_ms']:>7.1f} {r['p90_ms']:>7.1f} "
@@ -233,13 +245,14 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"profile {profile}: served ensemble, concurrency {', '.join(map(str, CONCURRENCY))} ...")
         profiles[profile] = {"repository": repository, "raw": raw,
                              "served": measure_served(repository, blobs, shared_memory=shared_memory, say=say)}
-    say(f"Flask baseline, concurrency {', '.join(map(str, BASELINE_CONCURRENCY))} ...")
+    say(f"Flask baselines (served models; today's models), concurrency {', '.join(map(str, BASELINE_CONCURRENCY))} ...")
     baseline = measure_baseline(blobs, say=say)
-    for measured in profiles.values():
-        measured["summary"] = summarise(measured["raw"], measured["served"], baseline)
+    today = measure_baseline(blobs, "lung_resunet18", say=say)
+    for profile, measured in profiles.items():
+        measured["summary"] = summarise(measured["raw"], measured["served"], baseline, today, VS_TODAY_GOAL[profile])
     headline = profiles.get("cpu", next(iter(profiles.values())))
     result = {"cpu": describe_cpu(), "images": len(blobs), "shared_memory": args.shared_memory, **headline["summary"],
-              "profiles": profiles, "baseline": baseline}
+              "profiles": profiles, "baseline": baseline, "baseline_today": today}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     plot(profiles, baseline, out / "latency_throughput.png")
     if args.json:

@@ -169,12 +169,13 @@ def main(argv: list[str] | None = None) -> dict:
     weights_name = spec.weights if cfg.model == CLASSIFIER.name else f"{cfg.model}.pt"
     refuse_unservable_ship(args.ship, spec, weights_name, CLASSIFIER)
 
-    segmenter = create_model(cfg.segmenter)
-    load_weights(segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
+    segmenter = create_model(cfg.segmenter)  # the masks a recipe trained on: its segmenter's own weights file
+    segmenter_weights = WEIGHTS_DIR / f"{cfg.segmenter}.pt"
+    load_weights(segmenter, segmenter_weights)
     splits = {}
     for split in ("train", "val", "test"):
         records = evenly(read_manifests(args.manifest, split), args.limit)  # --limit: smoke runs see every source
-        masks = segment(records, segmenter, WEIGHTS_DIR / LUNG_SEGMENTATION.weights)
+        masks = segment(records, segmenter, segmenter_weights)
         splits[split] = ClassificationDataset(records, spec, masks, augment=split == "train",
                                               aspect_jitter=cfg.aspect_jitter)
     loader = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=True)

@@ -50,15 +50,19 @@ def _row(c, img_s, p50, p99):
 def test_summary_ratios_and_goals():
     served = [_row(1, 10, 100, 120), _row(4, 18, 200, 260), _row(16, 20, 700, 900), _row(64, 19, 3000, 4000)]
     baseline = [_row(1, 6, 160, 200), _row(16, 6.5, 2400, 2600)]
-    s = summarise({"raw_img_s": 21.0}, served, baseline)
+    today = [_row(1, 5, 200, 240), _row(16, 5.5, 2900, 3100)]  # the baseline with the heavier segmenter
+    s = summarise({"raw_img_s": 21.0}, served, baseline, today, 5.0)
     assert s["served_img_s"] == 20 and s["served_concurrency"] == 16
     assert s["efficiency"] == pytest.approx(20 / 21)
     assert s["vs_baseline"] == pytest.approx(20 / 6.5)
     assert s["batching_gain"] == pytest.approx(2.0)
     assert s["p99_over_p50_c1"] == pytest.approx(1.2)
     assert s["p99_ms_at_baseline_concurrency"] == {"concurrency": 16, "served": 900, "baseline": 2600}
-    assert s["goals"] == {"efficiency >= 0.90": True, "vs_baseline >= 3": True, "p99 <= 1.3 x p50 at concurrency 1": True}
-    slow = summarise({"raw_img_s": 40.0}, served, baseline)
+    assert s["vs_today_baseline"] == pytest.approx(20 / 5.5) and s["today_baseline_img_s"] == 5.5
+    assert s["p99_ms_c1"] == {"served": 120, "baseline_today": 240}
+    assert s["goals"] == {"efficiency >= 0.90": True, "vs_baseline >= 3": True, "vs_today_baseline >= 5": False,
+                          "p99 <= 1.3 x p50 at concurrency 1": True}
+    slow = summarise({"raw_img_s": 40.0}, served, baseline, today, 3.0)
     assert slow["goals"]["efficiency >= 0.90"] is False
 
 
@@ -100,8 +104,8 @@ def test_raw_pipeline_reports_each_stage(repository, xray_jpeg):
     stages = ("preprocess_ms", "segmentation_ms", "classification_ms", "routing_ms")
     assert result["raw_img_s"] == pytest.approx(1e3 / sum(row[k] for k in stages))
     assert row["gate_ms"] > 0 and row["gate_share"] == pytest.approx(row["gate_ms"] / sum(row[k] for k in stages))
-    # The MACs PyTorch counts for the served graphs (ResUNet-18 and MobileNetV2 MD-Conv at 256 px).
-    assert result["gmacs"]["lung_segmentation"] == pytest.approx(3.48, abs=0.01)
+    # The MACs PyTorch counts for the served graphs (MobileNetV2 U-Net and MobileNetV2 MD-Conv at 256 px).
+    assert result["gmacs"]["lung_segmentation"] == pytest.approx(0.906, abs=0.01)
     assert result["gmacs"]["cxr_classifier"] == pytest.approx(0.388, abs=0.005)
 
 
@@ -121,6 +125,17 @@ def test_flask_baseline_answers_like_the_pipeline_and_names_bad_input(repository
     assert [served[label] for label in LABELS] == pytest.approx(expected.probabilities.tolist(), abs=1e-3)
     bad = client.post("/triage", data=b"not an image")
     assert bad.status_code == 400 and "bad image" in bad.get_json()["error"]
+
+
+@pytest.mark.slow
+def test_flask_baseline_of_todays_models_runs_the_earlier_segmenter(xray_jpeg):
+    from benchmarks.baseline_server import SEGMENTERS, create_app
+    from cxr.triage import PRIORITIES
+
+    today = create_app(threads=2, segmenter_spec=SEGMENTERS["lung_resunet18"])
+    answer = today.test_client().post("/triage", data=xray_jpeg)
+    assert answer.status_code == 200 and answer.get_json()["priority"] in PRIORITIES
+    assert SEGMENTERS["lung_resunet18"].name == "lung_resunet18" != SEGMENTERS["served"].name
 
 
 def test_soak_summary_compares_the_first_and_last_minute_after_warmup():

@@ -48,7 +48,7 @@ def test_ship_refuses_weights_the_server_cannot_run(data_dir, tmp_path, monkeypa
     (tmp_path / "weights").mkdir()
     config = _segmenter_config(tmp_path, model, size)
     argv = ["--config", str(config), "--manifest", str(data_dir / "manifest.csv"), "--limit", "4", "--ship"]
-    refused = rf"--ship refused: lung_resunet18.pt is served as lung_resunet18 at \(256, 256\), but this run trains {model} at \({size}, {size}\)"
+    refused = rf"--ship refused: lung_unet_mobilenetv2.pt is served as lung_unet_mobilenetv2 at \(256, 256\), but this run trains {model} at \({size}, {size}\)"
     with pytest.raises(SystemExit, match=refused):
         main(argv)
     assert not list((tmp_path / "weights").iterdir())
