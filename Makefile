@@ -84,7 +84,7 @@ train-seg: setup
 train-cls: setup
 	$(PY) -m training.train_classifier --config training/configs/mobilenetv2_mdconv.yaml --ship
 train-cascade: setup
-	$(PY) -m training.train_cascade --config training/configs/seme_densenet169.yaml --ship
+	$(PY) -m training.train_cascade --config training/configs/seme_resnet18_slim.yaml --ship
 
 # The python models' packed environment (EXECUTION_ENV_PATH): python -m export.build_repository --python-env build/python_env.tar.gz
 python-env: setup

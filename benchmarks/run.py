@@ -9,8 +9,8 @@ For each repository profile (``cpu`` = FP32, ``cpu-int8`` = the INT8 graphs; bui
 
 Then two baselines: Flask + PyTorch eager FP32, one request at a time (:mod:`benchmarks.baseline_server`),
 driven by the same load generator with the same images: ``baseline`` runs the served models (the ratio is
-the serving stack alone, ``vs_baseline``); ``baseline_today`` runs the segmenter served before (ResUNet-18,
-3.48 GMAC; same classifier and cascade): what a site would otherwise run (``vs_today_baseline``, issue 19's
+the serving stack alone, ``vs_baseline``); ``baseline_today`` runs the segmenter and stage 2 served before
+(ResUNet-18, 3.48 GMAC; SE-DenseNet169; the same classifier): what a site would otherwise run (``vs_today_baseline``, issue 19's
 goal: >= 3x FP32, >= 5x INT8). The top-level summary is the FP32 profile; ``profiles`` has every profile's own.
 
 Every server is started here, measured alone (the others stopped) and stopped again. Prints a table
@@ -92,14 +92,14 @@ def measure_served(repository: str, blobs: list[bytes], concurrency=CONCURRENCY,
         return levels(server.grpc_url, server.admin_key)
 
 
-def measure_baseline(blobs: list[bytes], segmenter: str = "served", concurrency=BASELINE_CONCURRENCY,
+def measure_baseline(blobs: list[bytes], models: str = "served", concurrency=BASELINE_CONCURRENCY,
                      startup_s: float = 120.0, say: Callable[[str], None] = _quiet) -> list[dict]:
-    """Start the Flask baseline (with ``segmenter``: ``served`` or ``lung_resunet18``) in a subprocess and drive
-    it with the same load generator."""
+    """Start the Flask baseline (``models``: ``served`` or ``today``) in a subprocess and drive it with the
+    same load generator."""
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port),
-                                "--segmenter", segmenter],
+                                "--models", models],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
 
@@ -125,7 +125,7 @@ def measure_baseline(blobs: list[bytes], segmenter: str = "served", concurrency=
         rows = []
         for c in concurrency:
             rows.append(run_load(send, blobs, c, requests_for(c)))
-            say(_level_line(f"  baseline ({segmenter})", rows[-1]))
+            say(_level_line(f"  baseline ({models} models)", rows[-1]))
         return rows
     finally:
         process.terminate()
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "served": measure_served(repository, blobs, shared_memory=shared_memory, say=say)}
     say(f"Flask baselines (served models; today's models), concurrency {', '.join(map(str, BASELINE_CONCURRENCY))} ...")
     baseline = measure_baseline(blobs, say=say)
-    today = measure_baseline(blobs, "lung_resunet18", say=say)
+    today = measure_baseline(blobs, "today", say=say)
     for profile, measured in profiles.items():
         measured["summary"] = summarise(measured["raw"], measured["served"], baseline, today, VS_TODAY_GOAL[profile])
     headline = profiles.get("cpu", next(iter(profiles.values())))

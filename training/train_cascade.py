@@ -1,6 +1,6 @@
 """Train Cascade-SEMEnet stage 2 (SEME-DenseNet169): covid vs other viral, on lung-only images.
 
-    python -m training.train_cascade --config training/configs/seme_densenet169.yaml [--ship]
+    python -m training.train_cascade --config training/configs/seme_resnet18_slim.yaml [--ship]
 
 Inputs are built by :func:`cxr.cascade.stage2_input` from the served preprocessing and the shipped
 segmenter's post-processed mask, exactly as ``triage_router`` builds them. Training uses MoEx (moment
@@ -20,7 +20,7 @@ from cxr.cascade import stage2_input
 from cxr.lungmask import postprocess_mask
 from cxr.preprocess import prepare_bytes
 from cxr.specs import CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION
-from training.common import load_weights, plot_curves, save_weights, start_run
+from training.common import experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run
 from training.data.manifest import Record, read_manifests
 from training.layers.moex import moex_loss
 from training.loop import train_epoch
@@ -69,8 +69,9 @@ def predict(model: torch.nn.Module, x: np.ndarray, batch: int = 32) -> np.ndarra
 
 
 def main(argv: list[str] | None = None) -> dict:
-    run = start_run("cascade", __doc__, "training/configs/seme_densenet169.yaml", argv)
+    run = start_run("cascade", __doc__, "training/configs/seme_resnet18_slim.yaml", argv)
     args, cfg, epochs, generator, out = run.args, run.config, run.epochs, run.generator, run.out
+    refuse_unservable_ship(args.ship, experiment_spec(COVID_STAGE2, cfg), COVID_STAGE2.weights, COVID_STAGE2)
     segmenter = serving_graph(LUNG_SEGMENTATION)
 
     def split(name: str) -> tuple[np.ndarray, np.ndarray]:

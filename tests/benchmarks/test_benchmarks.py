@@ -128,14 +128,14 @@ def test_flask_baseline_answers_like_the_pipeline_and_names_bad_input(repository
 
 
 @pytest.mark.slow
-def test_flask_baseline_of_todays_models_runs_the_earlier_segmenter(xray_jpeg):
-    from benchmarks.baseline_server import SEGMENTERS, create_app
+def test_flask_baseline_of_todays_models_runs_the_earlier_segmenter_and_stage_2(xray_jpeg):
+    from benchmarks.baseline_server import MODELS, create_app
     from cxr.triage import PRIORITIES
 
-    today = create_app(threads=2, segmenter_spec=SEGMENTERS["lung_resunet18"])
-    answer = today.test_client().post("/triage", data=xray_jpeg)
+    answer = create_app(threads=2, models="today").test_client().post("/triage", data=xray_jpeg)
     assert answer.status_code == 200 and answer.get_json()["priority"] in PRIORITIES
-    assert SEGMENTERS["lung_resunet18"].name == "lung_resunet18" != SEGMENTERS["served"].name
+    assert [s.name for s in MODELS["today"]] == ["lung_resunet18", "seme_densenet169"]
+    assert all(a.name != b.name for a, b in zip(MODELS["today"], MODELS["served"]))
 
 
 def test_soak_summary_compares_the_first_and_last_minute_after_warmup():
