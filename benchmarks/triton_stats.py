@@ -20,6 +20,7 @@ def snapshot(client: grpcclient.InferenceServerClient) -> dict[str, dict]:
                "executions": int(model.get("execution_count", 0)),
                "inferences": int(model.get("inference_count", 0))}
         row.update({f: int(inference.get(f, {}).get("ns", 0)) for f in FIELDS})
+        row["success"] = int(inference.get("success", {}).get("ns", 0))  # wall time of the requests, end to end
         out[model["name"]] = row
     return out
 
@@ -40,5 +41,8 @@ def breakdown(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict
             "queue_ms": per_request["queue"],
             "compute_ms": per_request["compute_input"] + per_request["compute_infer"] + per_request["compute_output"],
             "compute_infer_ms": per_request["compute_infer"],
+            # the request's own wall time in the server: for an ensemble, less than the sum of its steps
+            # when they overlap (queue + compute of an ensemble add up its steps' times)
+            "request_ms": (end.get("success", 0) - start.get("success", 0)) / requests / 1e6,
         }
     return out

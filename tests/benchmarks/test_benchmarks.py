@@ -68,15 +68,16 @@ def test_summary_ratios_and_goals():
 
 def test_triton_statistics_breakdown_is_per_request_over_the_interval():
     idle = {"requests": 10, "executions": 5, "inferences": 10, "queue": 0, "compute_input": 0,
-            "compute_infer": 0, "compute_output": 0}
+            "compute_infer": 0, "compute_output": 0, "success": 0}
     before = {"m": idle, "idle": idle}
     after = {"m": {"requests": 30, "executions": 10, "inferences": 30, "queue": 40_000_000, "compute_input": 2_000_000,
-                   "compute_infer": 60_000_000, "compute_output": 2_000_000},
+                   "compute_infer": 60_000_000, "compute_output": 2_000_000, "success": 90_000_000},
              "idle": idle}
     out = breakdown(before, after)
     assert set(out) == {"m"}  # a model without requests in the interval is left out
     assert out["m"]["requests"] == 20 and out["m"]["mean_batch"] == 4.0
     assert out["m"]["queue_ms"] == pytest.approx(2.0) and out["m"]["compute_ms"] == pytest.approx(3.2)
+    assert out["m"]["request_ms"] == pytest.approx(4.5)  # the requests' own wall time, per request
 
 
 def test_perf_analyzer_input_is_the_serialized_bytes_tensor(tmp_path, xray_jpeg):
