@@ -41,7 +41,9 @@ class Source:
 class Case:
     """One input and what it must get.
 
-    ``error``: a substring of the expected error, or None when the input must triage. ``same_picture``: a
+    ``error``: a substring of the expected error, or None when the input must decode. ``gate_refuses``: it
+    decodes, but the served safety gate refuses it (the substring of that error); :attr:`served_error` is what a
+    served request must get (None: it triages). ``same_picture``: a
     triaged case shows the source picture losslessly (or near), so its answer must match the source's.
     ``dicom_dataset``: a parseable DICOM dataset a PACS could send by C-STORE. ``gateway_skip``: the
     gateway's filter skips it as not a chest frontal radiograph (the substring of its reason).
@@ -53,6 +55,11 @@ class Case:
     same_picture: bool = False
     dicom_dataset: bool = False
     gateway_skip: str | None = None
+    gate_refuses: str | None = None
+
+    @property
+    def served_error(self) -> str | None:
+        return self.error or self.gate_refuses
 
 
 # -- encoders --------------------------------------------------------------------------------------------
@@ -254,7 +261,7 @@ CASES: list[Case] = [
     Case("jpeg-quality-10", lambda s: _pil(s.gray, "JPEG", quality=10)),
     # libjpeg decodes damaged entropy data without an error: the lower half of the film comes out as shifted,
     # banded blocks, and the safety gate (refitted on the distilled segmenter's masks) refuses what is left
-    Case("jpeg-bitflips", _jpeg_bitflips, "not a frontal chest radiograph"),
+    Case("jpeg-bitflips", _jpeg_bitflips, gate_refuses="not a frontal chest radiograph"),
     # PNG
     Case("png-truncated", lambda s: _pil(s.gray, "PNG")[:2000], "truncated or corrupt PNG"),
     Case("png-signature-only", lambda s: b"\x89PNG\r\n\x1a\n", "truncated or corrupt PNG"),

@@ -1,10 +1,12 @@
-"""Train the lung ResUNet (MANet stage 1): Dice + BCE loss, Adam, shift/scale/rotate augmentation.
+"""Train a lung segmentation U-Net (MANet stage 1): Dice + BCE loss, Adam, shift/scale/rotate augmentation.
 
-    python -m training.train_segmenter --config training/configs/lung_resunet18.yaml [--ship]
+    python -m training.train_segmenter --config training/configs/lung_unet_mobilenetv2_distilled.yaml [--ship]
 
 Writes ``runs/seg-*/`` (metrics.json, loss/IoU plot, best weights); ``--ship`` copies the best
 weights to ``weights/`` where export reads them. Selection uses the val split; test is reported.
 A config's ``input_size`` trains and scores at another resolution (experiments; ``--ship`` refuses it).
+A config's ``pseudo_labels`` / ``teacher`` / ``teacher_weights`` add unlabelled train images with the teacher's
+cleaned masks as targets (distillation: ``lung_unet_mobilenetv2_distilled.yaml``, the served segmenter).
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from cxr.specs import LUNG_SEGMENTATION, ModelSpec
 from training.common import (
     REPO, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
 )
-from training.data.datasets import CachedImages, SegmentationDataset
 from training.config import TrainConfig
+from training.data.datasets import CachedImages, SegmentationDataset
 from training.data.manifest import evenly, read_manifest, read_manifests
 from training.loop import train_epoch
 from training.metrics import segmentation_report

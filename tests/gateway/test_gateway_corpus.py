@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 def _expected_outcome(case) -> str:
     if case.gateway_skip:
         return "skipped"
-    return "unavailable" if case.error else "result"
+    return "unavailable" if case.served_error else "result"
 
 
 def test_every_dicom_case_sent_by_c_store_gets_its_answer(pacs_and_gateway, corpus):
@@ -46,8 +46,8 @@ def test_every_dicom_case_sent_by_c_store_gets_its_answer(pacs_and_gateway, corp
         assert record["outcome"] == _expected_outcome(case), (case.name, record)
         if case.gateway_skip:
             assert case.gateway_skip in record["reason"], (case.name, record["reason"])
-        elif case.error:
-            assert case.error in record["reason"], (case.name, record["reason"])
+        elif case.served_error:
+            assert case.served_error in record["reason"], (case.name, record["reason"])
 
     # the PACS got exactly one SR per answered instance; the unavailable ones say why
     answered = {uids[c.name] for c in cases if not c.gateway_skip}
@@ -55,7 +55,7 @@ def test_every_dicom_case_sent_by_c_store_gets_its_answer(pacs_and_gateway, corp
     referenced = [read_sr(s)["image"] for s in srs]
     assert sorted(referenced) == sorted(answered)
     unavailable = [s for s in srs if read_sr(s)["status"] == "unavailable"]
-    assert len(unavailable) == sum(1 for c in cases if c.error and not c.gateway_skip)
+    assert len(unavailable) == sum(1 for c in cases if c.served_error and not c.gateway_skip)
     assert gateway.spool.depth() == 0
     write_artifact("corpus_gateway_c_store", {"cases": len(cases), "outcomes": table})
 
@@ -71,10 +71,10 @@ def test_every_case_uploaded_on_the_page_shows_its_error_or_result(triton, corpu
         response = client.post("/", data={"image": (io.BytesIO(corpus[case.name]), f"{case.name}.bin")},
                                content_type="multipart/form-data")
         page = html.unescape(response.get_data(as_text=True))
-        if case.error:
+        if case.served_error:
             assert response.status_code in (413, 422), (case.name, response.status_code)
             error = re.search(r'id="error">(.*?)</p>', page, re.S)
-            assert error and case.error in error.group(1), (case.name, error and error.group(1))
+            assert error and case.served_error in error.group(1), (case.name, error and error.group(1))
             shown[case.name] = error.group(1)
         else:
             assert response.status_code == 200 and 'id="priority"' in page, case.name
