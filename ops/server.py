@@ -112,20 +112,22 @@ def remove_orphaned_shm(shm_dir: Path = Path("/dev/shm")) -> int:
 PYTHON_LIBDIR = sysconfig.get_config_var("LIBDIR")
 
 
+# glibc malloc: a fixed mmap threshold sends every large buffer (images, batches) to mmap, so freeing it returns
+# the memory (the default threshold rises after the first large frees, and varying batch sizes then fragment the
+# heap); two arenas per process instead of 8 per core. 1 MB, not lower: a 256 x 256 float32 working array of one
+# image (256 KB) then comes from the heap and is reused; at 128 KB every such array was a fresh mmap whose pages
+# fault in, and the router's routing took twice as long (`cxr.cascade.route_batch`, 6.0-8.8 against 2.7-3.7 ms
+# per image in-process; README "Reliability"). The serving image sets the same (deploy/docker/Dockerfile.triton).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_ARENA_MAX": "2"}
+
+
 def server_env() -> dict[str, str]:
     env = dict(os.environ)
     libs = [PYTHON_LIBDIR, str(pytriton_root().parent / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # glibc malloc: a fixed mmap threshold sends every large buffer (images, batches) to mmap, so freeing it
-    # returns the memory (the default threshold rises after the first large frees, and varying batch sizes then
-    # fragment the heap); two arenas per process instead of 8 per core. Overridable from the environment.
-    # 1 MB, not lower: a 256 x 256 float32 working array of one image (256 KB) then comes from the heap and is
-    # reused; at 128 KB every such array was a fresh mmap whose pages fault in, and the router's routing took
-    # twice as long (`cxr.cascade.route_batch`, 6.0-8.8 against 2.7-3.7 ms per image in-process; README
-    # "Reliability").
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
-    env.setdefault("MALLOC_ARENA_MAX", "2")
+    for name, value in MALLOC_ENV.items():  # overridable from the environment
+        env.setdefault(name, value)
     return env
 
 

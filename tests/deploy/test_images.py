@@ -61,6 +61,15 @@ def test_the_serving_image_bakes_the_python_steps_dependencies_in():
         assert "cxr-triage-triton" in text and "pip install" not in text, path
 
 
+def test_the_serving_image_runs_glibc_malloc_as_the_tested_server_does():
+    """The soak's flat memory was measured with ops/server.py's malloc settings; the image must carry them."""
+    from ops.server import MALLOC_ENV
+
+    dockerfile = (REPO / "deploy" / "docker" / "Dockerfile.triton").read_text()
+    env = dict(pair.split("=", 1) for line in re.findall(r"^ENV\s+(.+)$", dockerfile, re.M) for pair in line.split())
+    assert {k: env.get(k) for k in MALLOC_ENV} == MALLOC_ENV
+
+
 def _pins(path: Path) -> dict[str, str]:
     return dict(line.split("==") for line in path.read_text().splitlines() if line and not line.startswith("#"))
 
