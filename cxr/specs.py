@@ -149,10 +149,11 @@ COVID_STAGE2 = ModelSpec(
     labels=STAGE2_LABELS,
     preferred_batch_sizes=(4, 8),
 )
-# The stage 2 served before it: what the Flask baseline of "today's models" runs (benchmarks.baseline_server).
-EARLIER_STAGE2 = replace(COVID_STAGE2, name="seme_densenet169", weights="seme_densenet169.pt")
 """Cascade-SEMEnet stage 2: covid vs other viral on lung-only images; ``triage_router`` calls it (BLS) only
 when the first stage finds viral/covid likely (see :mod:`cxr.cascade`)."""
+
+# The stage 2 served before it: what the Flask baseline of "today's models" runs (benchmarks.baseline_server).
+EARLIER_STAGE2 = replace(COVID_STAGE2, name="seme_densenet169", weights="seme_densenet169.pt")
 
 MODEL_SPECS: dict[str, ModelSpec] = {s.role: s for s in (LUNG_SEGMENTATION, CLASSIFIER, COVID_STAGE2)}
 
