@@ -82,7 +82,7 @@ train: train-seg train-cls train-cascade
 train-seg: setup
 	$(PY) -m training.train_segmenter --config training/configs/lung_unet_mobilenetv2_distilled.yaml --ship
 train-cls: setup
-	$(PY) -m training.train_classifier --config training/configs/mobilenetv2_mdconv.yaml --ship
+	$(PY) -m training.train_classifier --config training/configs/resnet18_half.yaml --ship
 train-cascade: setup
 	$(PY) -m training.train_cascade --config training/configs/seme_resnet18_slim.yaml --ship
 

@@ -66,6 +66,9 @@ def _interval(report: dict, key: str) -> str:
 
 
 def print_classification(name: str, cls: dict) -> None:
+    if not cls["n"]:
+        print(f"{name}: no study scored (every one refused by the safety gate or failed; see below)")
+        return
     print(f"{name} ({cls['n']} images): accuracy {_interval(cls, 'accuracy')}  macro-F1 {_interval(cls, 'macro_f1')} "
           f"(over {', '.join(cls['labels_present'])})  normal-vs-abnormal AUC {_interval(cls, 'abnormal_auc')}  "
           f"ECE {_interval(cls, 'ece')}")

@@ -83,8 +83,13 @@ def publish(repository: str | Path, role: str, weights: str | Path, *, tolerance
         _, after = _quality(role, report)
         record["metrics"] = {"segmentation": report["segmentation"], "classification": {
             k: report["classification"][k] for k in ("accuracy", "macro_f1")}}
-        gates.append(Gate("quality", after >= before - tolerance,
-                          f"{name} {after:.4f} vs serving {before:.4f} (tolerance {tolerance})"))
+        if after is None:  # the safety gate refused every study the candidate saw: nothing was scored
+            gates.append(Gate("quality", False, f"{name}: no study scored (the safety gate refused "
+                                                f"{report['gate']['pooled']['refuse']} of {report['gate']['pooled']['n']}) "
+                                                f"vs serving {before:.4f}"))
+        else:
+            gates.append(Gate("quality", after >= before - tolerance,
+                              f"{name} {after:.4f} vs serving {before:.4f} (tolerance {tolerance})"))
         gates += safety_gate_checks(role, record["weights_sha256"], serving["metrics"], report,
                                     repository / ROUTER.role / str(current[ROUTER.role]) / "thresholds.json", tolerance)
         old_ms, new_ms = _latencies_ms(repository / role / str(current[role]) / "model.onnx",

@@ -90,17 +90,22 @@ def evaluate(manifest: str | Path | Sequence[str | Path], split: str | None = "t
     ok = [i for i, p in enumerate(probs) if not np.isnan(p).any()]
     seg_pairs = [(masks[i], read_mask(records[i].mask, LUNG_SEGMENTATION.input_size)) for i in ok if records[i].mask]
     y = np.array([label_index(records[i].label) for i in ok])
-    p = np.stack([probs[i] for i in ok])
     patients = np.array([records[i].patient_id or str(records[i].image) for i in ok])
     cohorts = np.array([records[i].cohort for i in ok])
+    if ok:
+        p = np.stack([probs[i] for i in ok])
+        classification = scored(y, p, patients, resamples)
+        by_cohort = {c: scored(y[cohorts == c], p[cohorts == c], patients[cohorts == c], resamples)
+                     for c in sorted(set(cohorts.tolist()))}
+    else:  # every study refused by the safety gate or failed: nothing to score (the gate report says why)
+        classification, by_cohort = {"n": 0, "accuracy": None, "macro_f1": None}, {}
     return {
         "manifest": ", ".join(map(str, manifests)),
         "split": split,
         "via": via or f"onnxruntime {repository}",
         "segmentation": segmentation_report([a for a, _ in seg_pairs], [t for _, t in seg_pairs]),
-        "classification": scored(y, p, patients, resamples),
-        "by_cohort": {c: scored(y[cohorts == c], p[cohorts == c], patients[cohorts == c], resamples)
-                      for c in sorted(set(cohorts.tolist()))},
+        "classification": classification,
+        "by_cohort": by_cohort,
         "gate": {"pooled": gate_report(decisions),
                  **{c: gate_report([d for d, r in zip(decisions, records) if r.cohort == c])
                     for c in sorted({r.cohort for r in records})}},

@@ -1,10 +1,10 @@
-"""Train the mask-attention classifier on lung masks predicted by the shipped segmenter.
+"""Train a first-stage classifier; a mask-attention one on lung masks predicted by the shipped segmenter.
 
     python -m training.train_classifier --config training/configs/mobilenetv2_mdconv.yaml [--ship]
         [--manifest A --manifest B] [--resume runs/cls-...]
 
-The classifier sees exactly what it sees when served: images from :mod:`cxr.preprocess` and the
-segmenter's raw thresholded mask. Training checkpoints every epoch (``checkpoint.pt``: model, EMA,
+The classifier sees exactly what it sees when served: images from :mod:`cxr.preprocess` and, with mask
+attention, the segmenter's raw thresholded mask (a model without it gets empty masks it never reads). Training checkpoints every epoch (``checkpoint.pt``: model, EMA,
 optimizer, schedule, history, random state) so ``--resume`` continues a stopped run where it was; the
 config's ``patience`` stops early when val macro-F1 has not improved for that many epochs. The best
 checkpoint (by val macro-F1; each epoch the better on val of the trained weights and, when ``ema_decay`` is
@@ -18,6 +18,7 @@ import copy
 import hashlib
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -69,6 +70,24 @@ def segment(records: list[Record], segmenter: torch.nn.Module, weights: Path | N
     return masks
 
 
+def empty_masks(records: list) -> list[np.ndarray]:
+    """Masks for a classifier without mask attention, which never reads them."""
+    return [np.zeros(LUNG_SEGMENTATION.input_size, np.uint8)] * len(records)
+
+
+def masks_for(cfg: TrainConfig) -> Callable[[list], list[np.ndarray]]:
+    """``records -> lung masks`` for this recipe: its segmenter's (own weights file) for a mask-attention model;
+    empty ones for a model without (segmenting thousands of images it never reads would cost minutes)."""
+    segmenter = create_model(cfg.segmenter)  # built either way: a seed's later random draws stay what they were
+    with torch.random.fork_rng():
+        uses_mask = getattr(create_model(cfg.model, num_classes=len(LABELS)), "uses_mask", False)
+    if not uses_mask:
+        return empty_masks
+    segmenter_weights = WEIGHTS_DIR / f"{cfg.segmenter}.pt"
+    load_weights(segmenter, segmenter_weights)
+    return lambda records: segment(records, segmenter, segmenter_weights)
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, dataset: ClassificationDataset, batch_size: int = 32) -> np.ndarray:
     model.eval()
@@ -92,6 +111,14 @@ def split_report(dataset: ClassificationDataset, probs: np.ndarray) -> dict:
         for c in sorted(set(cohorts))
     }
     return report
+
+
+def calibrated_report(dataset: ClassificationDataset, logits: np.ndarray, temperature: float) -> dict:
+    """:func:`split_report` of the probabilities at ``temperature``, with ECE before (T = 1) and after."""
+    probs = softmax(logits / temperature, axis=1)
+    before = calibration_bins(dataset.targets, softmax(logits, axis=1))
+    return {**split_report(dataset, probs),
+            "calibration": {"uncalibrated": before["ece"], **calibration_bins(dataset.targets, probs)}}
 
 
 class Trainer:
@@ -169,13 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
     weights_name = spec.weights if cfg.model == CLASSIFIER.name else f"{cfg.model}.pt"
     refuse_unservable_ship(args.ship, spec, weights_name, CLASSIFIER)
 
-    segmenter = create_model(cfg.segmenter)  # the masks a recipe trained on: its segmenter's own weights file
-    segmenter_weights = WEIGHTS_DIR / f"{cfg.segmenter}.pt"
-    load_weights(segmenter, segmenter_weights)
-    splits = {}
+    splits, lung_masks = {}, masks_for(cfg)
     for split in ("train", "val", "test"):
         records = evenly(read_manifests(args.manifest, split), args.limit)  # --limit: smoke runs see every source
-        masks = segment(records, segmenter, segmenter_weights)
+        masks = lung_masks(records)
         splits[split] = ClassificationDataset(records, spec, masks, augment=split == "train",
                                               aspect_jitter=cfg.aspect_jitter)
     loader = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=True)
@@ -222,10 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
                "run_dir": str(out), "manifests": [str(m) for m in args.manifest], "train_seconds": round(trainer.seconds),
                "train_images": len(splits["train"]), "temperature": temperature}
     for split in ("val", "test"):
+        metrics[split] = calibrated_report(splits[split], logits[split], temperature)
         probs = softmax(logits[split] / temperature, axis=1)
-        metrics[split] = split_report(splits[split], probs)
         before = calibration_bins(splits[split].targets, softmax(logits[split], axis=1))
-        metrics[split]["calibration"] = {"uncalibrated": before["ece"], **calibration_bins(splits[split].targets, probs)}
         plot_reliability({"before (T = 1)": before, f"after (T = {temperature:.2f})": metrics[split]["calibration"]},
                          out / f"reliability_{split}.png", f"{cfg.model} ({split}), 15 bins")
         plot_confusion(metrics[split]["confusion_matrix"], list(LABELS), out / f"confusion_{split}.png", f"{cfg.model} ({split})")

@@ -68,7 +68,10 @@ def test_publish_promote_rollback_under_load_without_a_failed_request(repository
     shutil.copytree(repository, repo)
     manifest = _gate_manifest(data_dir, tmp_path)
     nudged = _weights(tmp_path, "nudged", lambda weight, bias: bias.add_(torch.tensor(0.01).half()))
-    broken = _weights(tmp_path, "broken", lambda weight, bias: (weight.zero_(), bias.zero_()))
+    # a head whose weights were lost: every class's logit the same constant, high enough that the gate's energy
+    # feature (logsumexp of the logits) lies far from any real CXR's. (Logits all 0 are not enough for
+    # resnet18_half: log 5 = 1.61 is 1.7 sd below real studies' mean energy of 2.18, so only quality stops it.)
+    broken = _weights(tmp_path, "broken", lambda weight, bias: (weight.zero_(), bias.fill_(8.0)))
 
     server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "triton.log").start(timeout_s=240)
     rollout = Rollout(repo, server.admin)
@@ -105,8 +108,10 @@ def test_publish_promote_rollback_under_load_without_a_failed_request(repository
                               for r in sorted({a.release for a in answers if a.release})},
     })
     # the broken model was stopped by the quality gate, and by the safety gate's acceptance (its constant logits
-    # are unlike any CXR's to the gate's energy feature); nothing changed for the server
+    # are unlike any CXR's to the gate's energy feature: the gate refuses every real study, so none is scored);
+    # nothing changed for the server
     assert rejected["release"] is None
+    assert "no study scored (the safety gate refused 40 of 40)" in next(g for g in rejected["gates"] if g["name"] == "quality")["detail"]
     assert {g["name"]: g["passed"] for g in rejected["gates"]} == {
         "parity": True, "quality": False, "gate acceptance": False, "gate fitted for these weights": True, "latency": True}
     # other weights than the safety gate was fitted for: published, with the warning to refit it

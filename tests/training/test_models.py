@@ -16,6 +16,8 @@ CASES = {
     "lung_unet_mobilenetv2": ((2, 1, 64, 64), False, (2, 1, 64, 64)),
     "resnet18": ((2, 1, 64, 64), False, (2, 5)),
     "resnet18_ma": ((2, 1, 64, 64), True, (2, 5)),
+    "resnet18_half": ((2, 1, 128, 128), False, (2, 5)),
+    "mobilenetv2_mdconv_resnet18_half": ((2, 1, 128, 128), False, (2, 5)),
     "efficientnet_b0": ((2, 1, 64, 64), False, (2, 5)),
     "resnet34": ((2, 1, 64, 64), False, (2, 5)),
     "resnet34_ma": ((2, 1, 64, 64), True, (2, 5)),
@@ -76,6 +78,36 @@ def test_classifier_cam_is_the_linear_head_at_every_position(name):
         torch.testing.assert_close(cam.mean(dim=(2, 3)), model.forward_head(features), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(model.forward_head(features), model(image, mask))  # the served graph = the model
     assert features.shape[-1] == 128 // 32 and model.cam_layer is not None and model.head.out_features == 5
+
+
+def test_resnet18_half_sees_the_input_area_pooled_to_half():
+    model = create_model("resnet18_half").eval()
+    image = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        features = model.forward_features(image)
+        inner = create_model("resnet18")
+        inner.load_state_dict(model.state_dict())
+        torch.testing.assert_close(model(image), inner.eval()(torch.nn.functional.avg_pool2d(image, 2)))
+        cam = model.class_activation_map(features)  # on the served grid (input / 32), its mean still the logits
+        torch.testing.assert_close(cam.mean(dim=(2, 3)), model(image), rtol=1e-4, atol=1e-4)
+    assert features.shape[-1] == 128 // 64 and cam.shape == (2, 5, 128 // 32, 128 // 32)
+
+
+def test_ensemble_is_the_mean_of_its_members_and_its_cam_keeps_the_logits():
+    """The gate reads the logits back from the CAM's spatial mean: that must hold for the members' mean too."""
+    model = create_model("mobilenetv2_mdconv_resnet18_half").eval()
+    image = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        members = [m(image) for m in model.members.values()]
+        torch.testing.assert_close(model(image), torch.stack(members).mean(0))
+        features = model.forward_features(image)
+        cam = model.class_activation_map(features)
+        torch.testing.assert_close(cam.mean(dim=(2, 3)), model.forward_head(features), rtol=1e-4, atol=1e-4)
+    assert cam.shape == (2, 5, 4, 4)
+    with pytest.raises(ValueError, match=r"\[.a.\] use mask attention"):
+        from training.models.ensemble import ClassifierEnsemble
+
+        ClassifierEnsemble({"a": create_model("mobilenetv2_mdconv_ma")})
 
 
 def test_resunet_rejects_sizes_not_divisible_by_stride():

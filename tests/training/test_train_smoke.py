@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxr.specs import CLASSIFIER
-
 pytestmark = pytest.mark.slow
 
 
@@ -101,7 +99,44 @@ def test_classifier_stopped_mid_run_resumes_from_its_checkpoint(data_dir, tmp_pa
     assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["history"][0] == first[0]
     assert set(metrics["test"]["by_cohort"]) <= {"cohen", "kermany", "kermany224"}
     model = create_model(metrics["model"], num_classes=5)
-    assert load_weights(model, run / CLASSIFIER.weights)["temperature"] == metrics["temperature"]
+    assert load_weights(model, run / f"{metrics['model']}.pt")["temperature"] == metrics["temperature"]
+
+
+def test_ensemble_joins_trained_members_and_reports_each_on_val(data_dir, tmp_path):
+    """Members' weights files in, one ensemble weights file out; val picks among members and ensemble."""
+    import numpy as np
+    import torch
+
+    from training.common import load_weights, save_weights
+    from training.ensemble import main
+    from training.models import create_model
+
+    argv = ["--model", "mobilenetv2_mdconv_resnet18_half", "--manifest", str(data_dir / "manifest.csv"), "--limit", "24"]
+    for seed, name in enumerate(("mobilenetv2_mdconv", "resnet18_half")):
+        torch.manual_seed(seed)
+        save_weights(create_model(name, num_classes=5), tmp_path / f"{name}.pt",
+                     {"model": name, "epoch": 3, "val_macro_f1": 0.5, "temperature": 1.5})
+        argv += ["--member", f"{name}={tmp_path / name}.pt"]
+    metrics = main(argv)
+    assert set(metrics["val"]["candidates"]) == {"mobilenetv2_mdconv", "resnet18_half", "mobilenetv2_mdconv_resnet18_half"}
+    assert metrics["val_choice"] in metrics["val"]["candidates"] and metrics["test"]["n"] == 24
+    assert metrics["members"]["resnet18_half"]["epoch"] == 3 and metrics["temperature"] > 0
+    joined = create_model("mobilenetv2_mdconv_resnet18_half", num_classes=5).eval()
+    meta = load_weights(joined, Path(metrics["run_dir"]) / "mobilenetv2_mdconv_resnet18_half.pt")
+    assert meta["temperature"] == metrics["temperature"]
+    member = create_model("resnet18_half", num_classes=5).eval()
+    load_weights(member, tmp_path / "resnet18_half.pt")
+    x = torch.randn(1, 1, 256, 256)
+    with torch.no_grad():
+        np.testing.assert_allclose(joined.members["resnet18_half"](x).numpy(), member(x).numpy(), atol=1e-5)
+    with pytest.raises(SystemExit, match="has members"):
+        main(argv[:-2])
+    # resnet18 and resnet18_half share every parameter name: only the file's metadata tells them apart
+    save_weights(create_model("resnet18", num_classes=5), tmp_path / "resnet18.pt", {"model": "resnet18"})
+    with pytest.raises(SystemExit, match="holds 'resnet18' weights, not 'resnet18_half'"):
+        main([*argv[:-1], f"resnet18_half={tmp_path / 'resnet18.pt'}"])
+    with pytest.raises(SystemExit, match="not with --ship|refused with --limit"):
+        main([*argv, "--ship"])
 
 
 def test_cascade_stage2_smoke(data_dir):
