@@ -34,10 +34,10 @@ from training.train_classifier import calibrated_report, empty_masks, predict_lo
 
 
 def parse_members(ensemble: ClassifierEnsemble, given: list[str]) -> dict[str, Path]:
-    """``NAME=WEIGHTS`` flags -> ``{name: path}``, exactly one per member of ``ensemble``."""
+    """``KEY=WEIGHTS`` flags -> ``{key: path}``, exactly one per member of ``ensemble``."""
     pairs = [item.split("=", 1) for item in given]
     if any(len(p) != 2 for p in pairs):
-        raise SystemExit(f"--member takes NAME=WEIGHTS; got {[g for g, p in zip(given, pairs) if len(p) != 2]}")
+        raise SystemExit(f"--member takes KEY=WEIGHTS; got {[g for g, p in zip(given, pairs) if len(p) != 2]}")
     names = [name for name, _ in pairs]
     if sorted(names) != sorted(ensemble.members):
         raise SystemExit(f"the ensemble has members {sorted(ensemble.members)}; --member gave {names}")
@@ -47,8 +47,8 @@ def parse_members(ensemble: ClassifierEnsemble, given: list[str]) -> dict[str, P
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="registered ensemble (training.models.ensemble)")
-    parser.add_argument("--member", action="append", required=True, metavar="NAME=WEIGHTS",
-                        help="a member's registry name and its weights file (repeat, one per member)")
+    parser.add_argument("--member", action="append", required=True, metavar="KEY=WEIGHTS",
+                        help="a member's key in the ensemble and its weights file (repeat, one per member)")
     parser.add_argument("--manifest", action="append", help="manifest CSV (repeat); default: cxr + kermany224")
     parser.add_argument("--limit", type=int, help="use only N images per split (smoke runs; not with --ship)")
     parser.add_argument("--ship", action="store_true",
@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
     members, temperatures = {}, {}
     for name, path in parse_members(ensemble, args.member).items():
         meta = load_weights(ensemble.members[name], path)
-        if meta.get("model") != name:  # e.g. resnet18 and resnet18_half share every parameter name
-            raise SystemExit(f"--member {name}={path}: that file holds {meta.get('model')!r} weights, not {name!r}")
+        expected = ensemble.architectures[name]  # e.g. resnet18 and resnet18_half share every parameter name
+        if meta.get("model") != expected:
+            raise SystemExit(f"--member {name}={path}: that file holds {meta.get('model')!r} weights, not {expected!r}")
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
         members[name] = {"weights": str(path), "sha256": digest, "epoch": meta.get("epoch"),

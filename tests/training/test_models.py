@@ -18,6 +18,7 @@ CASES = {
     "resnet18_ma": ((2, 1, 64, 64), True, (2, 5)),
     "resnet18_half": ((2, 1, 128, 128), False, (2, 5)),
     "mobilenetv2_mdconv_resnet18_half": ((2, 1, 128, 128), False, (2, 5)),
+    "resnet18_half_x2": ((2, 1, 128, 128), False, (2, 5)),
     "efficientnet_b0": ((2, 1, 64, 64), False, (2, 5)),
     "resnet34": ((2, 1, 64, 64), False, (2, 5)),
     "resnet34_ma": ((2, 1, 64, 64), True, (2, 5)),
@@ -107,7 +108,15 @@ def test_ensemble_is_the_mean_of_its_members_and_its_cam_keeps_the_logits():
     with pytest.raises(ValueError, match=r"\[.a.\] use mask attention"):
         from training.models.ensemble import ClassifierEnsemble
 
-        ClassifierEnsemble({"a": create_model("mobilenetv2_mdconv_ma")})
+        ClassifierEnsemble({"a": "mobilenetv2_mdconv_ma"})
+
+
+def test_an_ensemble_of_seeds_keys_its_members_apart_and_names_their_architecture():
+    model = create_model("resnet18_half_x2")
+    assert list(model.members) == ["seed_a", "seed_b"]
+    assert model.architectures == {"seed_a": "resnet18_half", "seed_b": "resnet18_half"}
+    single = create_model("resnet18_half").state_dict()
+    assert set(model.state_dict()) == {f"members.{key}.{k}" for key in ("seed_a", "seed_b") for k in single}
 
 
 def test_resunet_rejects_sizes_not_divisible_by_stride():

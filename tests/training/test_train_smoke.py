@@ -137,6 +137,10 @@ def test_ensemble_joins_trained_members_and_reports_each_on_val(data_dir, tmp_pa
         main([*argv[:-1], f"resnet18_half={tmp_path / 'resnet18.pt'}"])
     with pytest.raises(SystemExit, match="not with --ship|refused with --limit"):
         main([*argv, "--ship"])
+    # two seeds of one architecture: members keyed apart, each file checked against the architecture
+    seeds = main(["--model", "resnet18_half_x2", "--manifest", str(data_dir / "manifest.csv"), "--limit", "24",
+                  "--member", f"seed_a={tmp_path / 'resnet18_half.pt'}", "--member", f"seed_b={tmp_path / 'resnet18_half.pt'}"])
+    assert set(seeds["val"]["candidates"]) == {"seed_a", "seed_b", "resnet18_half_x2"}
 
 
 def test_cascade_stage2_smoke(data_dir):

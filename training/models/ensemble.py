@@ -10,8 +10,9 @@ exported graph (:class:`training.serving_graph.ClassifierGraph`) sees what a sin
   the safety gate's energy feature (:mod:`cxr.gate`) reads the logits back from the CAM. Grids that do not
   divide are refused.
 
-Not served: :mod:`training.ensemble` measured the one registered here against its members on val (README
-"Classifier"), and a member won. Grad-CAM (:mod:`training.explain`) reads one classifier's ``cam_layer``.
+Not served: :mod:`training.ensemble` measured MobileNetV2 + ``resnet18_half`` against its members on val (README
+"Classifier"), and a member won; ``resnet18_half_x2`` (two seeds) waits for its second member's training run.
+Grad-CAM (:mod:`training.explain`) reads one classifier's ``cam_layer``.
 """
 from __future__ import annotations
 
@@ -23,16 +24,21 @@ from training.models.registry import create_model, register_model
 
 
 class ClassifierEnsemble(nn.Module):
-    """Mean-of-logits ensemble of classifiers without mask attention, all taking the same input."""
+    """Mean-of-logits ensemble of classifiers without mask attention, all taking the same input.
+
+    ``members`` maps a member's key to its registry name; two members may share an architecture (seeds).
+    """
 
     uses_mask = False
 
-    def __init__(self, members: dict[str, nn.Module]) -> None:
+    def __init__(self, members: dict[str, str], num_classes: int = 5, **overrides) -> None:
         super().__init__()
-        if any(getattr(m, "uses_mask", False) for m in members.values()):
-            masked = [name for name, m in members.items() if getattr(m, "uses_mask", False)]
+        self.architectures = dict(members)
+        self.members = nn.ModuleDict({key: create_model(name, num_classes=num_classes, **overrides)
+                                      for key, name in members.items()})
+        masked = [key for key, m in self.members.items() if getattr(m, "uses_mask", False)]
+        if masked:
             raise ValueError(f"ensemble members take the image alone; {masked} use mask attention")
-        self.members = nn.ModuleDict(members)
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """``(B, 1, H, W)`` -> each member's last feature map (``mask`` is accepted and unused)."""
@@ -58,5 +64,11 @@ class ClassifierEnsemble(nn.Module):
 @register_model
 def mobilenetv2_mdconv_resnet18_half(num_classes: int = 5, **overrides) -> ClassifierEnsemble:
     """MobileNetV2 + MD-Conv (256 px) and ResNet-18 on the input pooled to 128 px: the mean of their logits."""
-    return ClassifierEnsemble({name: create_model(name, num_classes=num_classes, **overrides)
-                               for name in ("mobilenetv2_mdconv", "resnet18_half")})
+    return ClassifierEnsemble({"mobilenetv2_mdconv": "mobilenetv2_mdconv", "resnet18_half": "resnet18_half"},
+                              num_classes, **overrides)
+
+
+@register_model
+def resnet18_half_x2(num_classes: int = 5, **overrides) -> ClassifierEnsemble:
+    """Two ``resnet18_half`` trained with different seeds (1.13 GMAC): the mean of their logits."""
+    return ClassifierEnsemble({"seed_a": "resnet18_half", "seed_b": "resnet18_half"}, num_classes, **overrides)
