@@ -241,6 +241,27 @@ def test_cascade_stage2_runs_only_when_viral_or_covid_is_likely(triton, client, 
     assert any(outcomes) and not all(outcomes), "the sample should contain both branches"
 
 
+def test_stage2_runs_once_per_router_batch_not_once_per_request(triton, client, test_rows):
+    """A burst of studies that all need stage 2: every one gets its stage-2 answer, and covid_stage2 executes at
+    most once per execution of the router (it routes each dynamic batch together, however many requests it holds)."""
+    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+
+    def counts(model):
+        stats = raw.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        return int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0))
+
+    due = [row.image.read_bytes() for row in test_rows[:40]
+           if "covid_stage2" in client.triage(row.image.read_bytes()).triage["models_run"]][:8]
+    assert len(due) >= 4, "the sample should hold studies that need stage 2"
+    (router_runs, _), (stage2_runs, stage2_images) = counts("triage_router"), counts("covid_stage2")
+    items = [(f"{k}-{i}", data) for k in range(4) for i, data in enumerate(due)]
+    results = list(client.triage_many(items, concurrency=16))
+    assert all(r.error is None and r.triage["cascade"]["covid_probability"] is not None for r in results)
+    (router_after, _), (stage2_after, stage2_images_after) = counts("triage_router"), counts("covid_stage2")
+    assert stage2_images_after - stage2_images == len(items)  # every study ran stage 2, once
+    assert 1 <= stage2_after - stage2_runs <= router_after - router_runs
+
+
 def test_what_is_not_a_frontal_chest_radiograph_is_refused_on_the_grpc_path(client, triton, corpus, corpus_source):
     """The safety gate runs in the ensemble: a photograph (pixels) and a lateral DICOM (tags) each fail their own
     request with the reason, counted by decision; a real CXR in the same burst is triaged."""

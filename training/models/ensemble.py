@@ -10,8 +10,8 @@ exported graph (:class:`training.serving_graph.ClassifierGraph`) sees what a sin
   the safety gate's energy feature (:mod:`cxr.gate`) reads the logits back from the CAM. Grids that do not
   divide are refused.
 
-Not served: :mod:`training.ensemble` measured MobileNetV2 + ``resnet18_half`` against its members on val (README
-"Classifier"), and a member won; ``resnet18_half_x2`` (two seeds) waits for its second member's training run.
+Not served: :mod:`training.ensemble` measured MobileNetV2 + ``resnet18_half`` and ``resnet18_half_x2`` (two
+seeds of it) against their members on val (README "Classifier"), and a member won both times.
 Grad-CAM (:mod:`training.explain`) reads one classifier's ``cam_layer``.
 """
 from __future__ import annotations

@@ -6,10 +6,11 @@ ensemble output comes from here (see :data:`cxr.specs.ROUTER`).
 :func:`cxr.cascade.route_batch` cleans the lung mask (MANet post-processing), computes lung coverage, judges
 the image with the release's safety gate (:mod:`cxr.gate`: a request with an image that is not a frontal chest
 radiograph fails with ``bad image: not a frontal chest radiograph (...)``; a borderline one is triaged at least
-``expedited`` with a ``quality`` block) and applies the site thresholds (``thresholds.json`` beside this file; this version folder is one release). When the first stage
-finds viral/covid likely, it runs the Cascade-SEMEnet stage-2 model ``covid_stage2`` on the lung-only images,
-here with BLS, one call for all such studies of the batch; other studies do not pay for it. The result
-records which models ran.
+``expedited`` with a ``quality`` block) and applies the site thresholds (``thresholds.json`` beside this file;
+this version folder is one release). When the first stage finds viral/covid likely, it runs the Cascade-SEMEnet
+stage-2 model ``covid_stage2`` on the lung-only images, here with BLS; other studies do not pay for it. All
+requests of one dynamic batch are routed together, so stage 2 gets one call per batch, not one per request; a
+request that breaks the shared batch is then routed alone and fails alone. The result records which models ran.
 
 Shadow mode: with the parameters ``shadow_model``/``shadow_version``/``shadow_fraction`` (set by
 ``cxr models shadow``), a sampled fraction of studies is also sent to that candidate classifier version (BLS,
@@ -31,6 +32,7 @@ import triton_python_backend_utils as pb_utils
 # not whatever `cxr` the host happens to have installed (tests/model_repository/test_self_contained.py).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from cxr.batching import concat_requests
 from cxr.cascade import route_batch
 from cxr.labels import LABELS
 from cxr.metrics import record
@@ -56,18 +58,31 @@ class TritonPythonModel:
         self.shadow = Shadow.from_params(params, self.metrics)
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                probs, cam, raw, cls_image = (pb_utils.get_input_tensor_by_name(request, n).as_numpy()
-                                              for n in self.input_names)
-                responses.append(self._route(probs, cam, raw, cls_image))
-            except Exception as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"triage failed: {exc!r}")))
-        return responses
+        inputs = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names] for r in requests]
+        try:
+            routed = self._route(inputs)  # the whole dynamic batch at once: one stage-2 call for all its studies
+        except Exception:  # one request broke the shared batch: route each alone, so only that one fails
+            routed = [self._route_alone(x) for x in inputs]
+        return [self._respond(x, r) for x, r in zip(inputs, routed)]
 
-    def _route(self, probs, cam, raw_masks, cls_images):
-        routed = route_batch(probs, raw_masks, cls_images, self.thresholds, self._stage2, self.stage2_model, cams=cam)
+    def _route(self, inputs):
+        """Each request's routed studies, all requests' studies routed by one :func:`route_batch` call."""
+        (probs, sizes), (cam, _), (raw, _), (cls_image, _) = (concat_requests([x[k] for x in inputs]) for k in range(4))
+        routed = route_batch(probs, raw, cls_image, self.thresholds, self._stage2, self.stage2_model, cams=cam)
+        ends = np.cumsum(sizes)
+        return [routed[end - size:end] for size, end in zip(sizes, ends)]
+
+    def _route_alone(self, x):
+        try:
+            return self._route([x])[0]
+        except Exception as exc:
+            return exc
+
+    def _respond(self, x, routed):
+        """One request's response: its results, or its error (an exception, or the gate's refusal)."""
+        if isinstance(routed, Exception):
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"triage failed: {routed!r}"))
+        probs, cam, raw_masks, cls_images = x
         if self.thresholds.gate is not None:
             for r in routed:
                 self.metrics.observe_gate(r.verdict)
