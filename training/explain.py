@@ -45,6 +45,7 @@ class Explanation:
     probabilities: dict[str, float]
     overlay: np.ndarray  # (H, W, 3) uint8 RGB in the letterboxed network frame
     heatmap: np.ndarray  # (H, W) float in [0, 1]: Grad-CAM, or LIME's supporting superpixels
+    lung_mask: np.ndarray  # (H, W) bool: the shipped segmenter's lungs, in the same frame
 
 
 def load_models(weights_dir: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
@@ -77,7 +78,7 @@ def explain(data: bytes, method: str = "gradcam", target: str | None = None, lim
         heat, overlay = _gradcam(wrapped, classifier, cls_in, LABELS.index(label), gray)
     else:
         heat, overlay = _lime(wrapped, prepare, gray, LABELS.index(label), lime_samples, seed)
-    return Explanation(method, label, dict(zip(LABELS, map(float, probs))), overlay, heat)
+    return Explanation(method, label, dict(zip(LABELS, map(float, probs))), overlay, heat, mask[0, 0].numpy() > 0)
 
 
 def _gradcam(wrapped: nn.Module, classifier: nn.Module, x: torch.Tensor, index: int, gray: np.ndarray):

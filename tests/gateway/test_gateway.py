@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import highdicom as hd
 import pydicom
@@ -21,6 +22,17 @@ from cxr.pixels import decode_image
 from ops.ports import free_port
 from tests.gateway.conftest import GATEWAY_AET, results_by_class, wait_until
 from tests.gateway.pacs import Orthanc
+
+
+def _dcmtk(tool: str) -> str | None:
+    """dcmtk's ``tool``: in an activated venv pynetdicom's console script of the same name (other options) comes
+    first on PATH."""
+    venv_bin = Path(sys.executable).parent.resolve()
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != venv_bin)
+    return shutil.which(tool, path=path)
+
+
+ECHOSCU, STORESCU = _dcmtk("echoscu"), _dcmtk("storescu")
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -110,30 +122,30 @@ def test_non_chest_and_unreadable_studies_get_no_false_result(pacs_and_gateway, 
     assert read_sr(srs[0])["error"].startswith("AI result unavailable: ")
 
 
-@pytest.mark.skipif(shutil.which("echoscu") is None, reason="dcmtk not installed")
+@pytest.mark.skipif(ECHOSCU is None, reason="dcmtk not installed")
 def test_dcmtk_echo_and_store_and_the_allow_list(pacs_and_gateway, test_rows, tmp_path):
     _, gateway = pacs_and_gateway
     port = str(gateway.config.port)
-    ok = subprocess.run(["echoscu", "-aet", "ECHOSCU", "-aec", GATEWAY_AET, "127.0.0.1", port], capture_output=True)
+    ok = subprocess.run([ECHOSCU, "-aet", "ECHOSCU", "-aec", GATEWAY_AET, "127.0.0.1", port], capture_output=True)
     assert ok.returncode == 0, ok.stderr
-    refused = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", GATEWAY_AET, "127.0.0.1", port],
+    refused = subprocess.run([ECHOSCU, "-aet", "INTRUDER", "-aec", GATEWAY_AET, "127.0.0.1", port],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "reject" in (refused.stdout + refused.stderr).lower()
 
     path = tmp_path / "cr.dcm"
     path.write_bytes(_cr(test_rows[2]))
     uid = pydicom.dcmread(path).SOPInstanceUID
-    stored = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", GATEWAY_AET, "127.0.0.1", port, str(path)],
+    stored = subprocess.run([STORESCU, "-aet", "STORESCU", "-aec", GATEWAY_AET, "127.0.0.1", port, str(path)],
                             capture_output=True, text=True)
     assert stored.returncode == 0, stored.stderr
     wait_until(lambda: gateway.spool.record(uid) is not None, what="the storescu image to be triaged")
     assert gateway.spool.record(uid)["outcome"] == "result"
-    intruder = subprocess.run(["storescu", "-aet", "INTRUDER", "-aec", GATEWAY_AET, "127.0.0.1", port, str(path)],
+    intruder = subprocess.run([STORESCU, "-aet", "INTRUDER", "-aec", GATEWAY_AET, "127.0.0.1", port, str(path)],
                               capture_output=True, text=True)
     assert intruder.returncode != 0
 
 
-@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed")
+@pytest.mark.skipif(STORESCU is None, reason="dcmtk not installed")
 def test_killed_mid_batch_then_restarted_every_image_gets_exactly_one_package(triton, test_rows, tmp_path):
     port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", GATEWAY_AET, port)
@@ -152,7 +164,7 @@ def test_killed_mid_batch_then_restarted_every_image_gets_exactly_one_package(tr
     try:
         first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_port(port)
-        stored = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", GATEWAY_AET, "127.0.0.1", str(port),
+        stored = subprocess.run([STORESCU, "-aet", "STORESCU", "-aec", GATEWAY_AET, "127.0.0.1", str(port),
                                  "--scan-directories", str(files)], capture_output=True, text=True)
         assert stored.returncode == 0, stored.stderr
         os.killpg(first.pid, signal.SIGKILL)  # mid-batch: at most one or two of the eight are done

@@ -68,3 +68,15 @@ def test_cli_writes_the_overlay_and_names_bad_requests(tmp_path, covid_jpeg, cap
     assert cv2.imread(str(tmp_path / "o.png")).shape == (256, 256, 3)
     assert main(["explain", str(image), "--target", "flu", "--out", str(tmp_path / "p.png")]) == 2
     assert "unknown target 'flu'" in capsys.readouterr().err
+
+
+def test_lung_evidence_reports_the_shipped_classifier_weighing_the_lungs(data_dir):
+    from training.explain_lungs import lung_evidence
+
+    result = lung_evidence([str(data_dir / "manifest.csv")], "test", limit=8)
+    pooled = result["pooled"]
+    assert pooled["n"] == sum(s["n"] for s in result["by_label"].values()) and 0 < pooled["n"] <= 8
+    assert 0 <= pooled["mean_share"] <= 1 and 0 < pooled["mean_lung_fraction"] < 1
+    # The shipped weights were chosen partly on this (README "Classifier"): their evidence lies on the lungs more
+    # than the lungs' share of the frame on most images.
+    assert pooled["mean_share"] > pooled["mean_lung_fraction"] and pooled["lung_weighted"] > 0.5
