@@ -48,10 +48,13 @@ class Explanation:
     lung_mask: np.ndarray  # (H, W) bool: the shipped segmenter's lungs, in the same frame
 
 
-def load_models(weights_dir: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
-    """The shipped segmenter (binary-mask graph) and classifier, in eval mode."""
+def load_models(weights_dir: str | Path | None = None,
+                classifier_weights: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
+    """The shipped segmenter (binary-mask graph) and classifier, in eval mode; ``classifier_weights`` names a
+    candidate classifier's file instead (the segmenter stays the shipped one)."""
     segmenter = serving_graph(LUNG_SEGMENTATION, weights_dir and Path(weights_dir) / LUNG_SEGMENTATION.weights)
-    classifier = serving_graph(CLASSIFIER, weights_dir and Path(weights_dir) / CLASSIFIER.weights).model.eval()
+    classifier_weights = classifier_weights or (weights_dir and Path(weights_dir) / CLASSIFIER.weights)
+    classifier = serving_graph(CLASSIFIER, classifier_weights and Path(classifier_weights)).model.eval()
     return segmenter, classifier
 
 

@@ -7,8 +7,8 @@ learnt the source of its images (publication text, markers, borders: the covid c
 its evidence elsewhere. For each image (its own predicted label): ``share`` = the Grad-CAM mass inside the shipped
 segmenter's lung mask over all of it, against ``lung_fraction`` = the mask's share of the frame. Reported, per
 label and pooled: the mean of each and the fraction of images whose share exceeds their lung fraction.
-``--classifier`` measures a candidate's weights file (the shipped segmenter gives the lungs either way). Only the manifests'
-512 px set has room around the lungs to tell the two apart; nothing here is asserted.
+``--classifier`` measures a candidate's weights file (the shipped segmenter gives the lungs either way). Measured
+so far on the cxr set (512 px, letterboxed), not on kermany224's squashed squares; nothing here is asserted.
 """
 from __future__ import annotations
 
@@ -22,12 +22,10 @@ from tqdm import tqdm
 from cxr.specs import CLASSIFIER
 from training.data.manifest import evenly, read_manifests
 from training.explain import explain, load_models
-from training.serving_graph import serving_graph
 
 
 def lung_evidence(manifests: list[str], split: str, classifier: str | Path | None = None, limit: int | None = None) -> dict:
-    segmenter, shipped = load_models()
-    models = (segmenter, serving_graph(CLASSIFIER, Path(classifier)).model.eval() if classifier else shipped)
+    models = load_models(classifier_weights=classifier)
     rows = []
     for record in tqdm(evenly(read_manifests(manifests, split), limit), desc="grad-cam"):
         result = explain(record.image.read_bytes(), "gradcam", models=models)
