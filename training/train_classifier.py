@@ -126,6 +126,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, steps: int) -> None:
         self.model = create_model(cfg.model, num_classes=len(LABELS)).to(memory_format=torch.channels_last)
+        if cfg.init_from:  # fine-tune earlier weights (e.g. at a higher resolution than they were trained at)
+            load_weights(self.model, REPO / cfg.init_from)
         self.ema = copy.deepcopy(self.model).eval() if cfg.ema_decay else None
         self.ema_decay = cfg.ema_decay
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
