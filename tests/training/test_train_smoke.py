@@ -230,3 +230,26 @@ def test_distillation_targets_are_the_teachers_cleaned_masks_of_unlabelled_image
     expected = postprocess_mask((logits[0, 0] > 0).numpy().astype(np.uint8))
     assert np.array_equal(data.masks[0], expected) and expected.sum() > 0
     assert data.geometric is not None  # augmented like the labelled images
+
+
+def test_classifier_fine_tunes_from_init_from_weights(tmp_path):
+    """``init_from`` starts the classifier (and its EMA copy) from earlier weights: the FixRes recipe loads the
+    128 px ``resnet18_half`` weights into ``resnet18``, the same network without input pooling."""
+    import torch
+
+    from training.common import save_weights
+    from training.config import TrainConfig
+    from training.models import create_model
+    from training.train_classifier import Trainer
+
+    earlier = create_model("resnet18_half", num_classes=5)
+    save_weights(earlier, tmp_path / "earlier.pt", {"model": "resnet18_half"})
+    cfg = TrainConfig(model="resnet18", epochs=1, batch_size=2, lr=1e-3, weight_decay=0.0, seed=0, ema_decay=0.99,
+                      init_from=str(tmp_path / "earlier.pt"))
+    trainer = Trainer(cfg, steps=4)
+    fresh = Trainer(TrainConfig(**{**cfg.to_dict(), "init_from": None}), steps=4)
+    for name, value in earlier.state_dict().items():
+        loaded = trainer.model.state_dict()[name]  # the file holds float16
+        assert torch.equal(loaded, value.half().to(loaded.dtype) if value.is_floating_point() else value), name
+        assert torch.equal(trainer.ema.state_dict()[name], trainer.model.state_dict()[name]), name
+    assert not torch.equal(fresh.model.state_dict()["backbone.fc.weight"], earlier.state_dict()["backbone.fc.weight"])
