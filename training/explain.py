@@ -10,7 +10,7 @@ held fixed, and outlines the superpixels that support the class most.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -51,10 +51,15 @@ class Explanation:
 def load_models(weights_dir: str | Path | None = None,
                 classifier_weights: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
     """The shipped segmenter (binary-mask graph) and classifier, in eval mode; ``classifier_weights`` names a
-    candidate classifier's file instead (the segmenter stays the shipped one)."""
+    candidate classifier's file instead (the segmenter stays the shipped one), built as the architecture its
+    metadata names (a candidate may be another network on the same input, e.g. ``resnet18`` for ``resnet18_half``)."""
     segmenter = serving_graph(LUNG_SEGMENTATION, weights_dir and Path(weights_dir) / LUNG_SEGMENTATION.weights)
+    spec = CLASSIFIER
+    if classifier_weights:
+        meta = torch.load(classifier_weights, map_location="cpu", weights_only=True).get("meta", {})
+        spec = replace(CLASSIFIER, name=meta.get("model", CLASSIFIER.name))
     classifier_weights = classifier_weights or (weights_dir and Path(weights_dir) / CLASSIFIER.weights)
-    classifier = serving_graph(CLASSIFIER, classifier_weights and Path(classifier_weights)).model.eval()
+    classifier = serving_graph(spec, classifier_weights and Path(classifier_weights)).model.eval()
     return segmenter, classifier
 
 

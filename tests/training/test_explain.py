@@ -80,3 +80,17 @@ def test_lung_evidence_reports_the_shipped_classifier_weighing_the_lungs(data_di
     # The shipped weights were chosen partly on this (README "Classifier"): their evidence lies on the lungs more
     # than the lungs' share of the frame on most images.
     assert pooled["mean_share"] > pooled["mean_lung_fraction"] and pooled["lung_weighted"] > 0.5
+
+
+def test_a_candidate_classifier_is_built_as_the_architecture_its_weights_name(tmp_path, covid_jpeg):
+    """``load_models(classifier_weights=...)`` of a ``resnet18`` file (256 px, no input pooling) must not run it as
+    the served ``resnet18_half`` (same keys, input pooled 2x): explanations of a candidate explain that candidate."""
+    from training.common import save_weights
+    from training.explain import explain, load_models
+    from training.models import create_model
+
+    candidate = create_model("resnet18", num_classes=len(LABELS))
+    save_weights(candidate, tmp_path / "resnet18.pt", {"model": "resnet18", "temperature": 1.0})
+    segmenter, classifier = load_models(classifier_weights=tmp_path / "resnet18.pt")
+    assert classifier.input_pool == 1
+    assert explain(covid_jpeg, "gradcam", models=(segmenter, classifier)).heatmap.shape == (256, 256)
