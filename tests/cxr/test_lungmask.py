@@ -34,3 +34,34 @@ def test_empty_mask_stays_empty_and_fraction():
 def test_rejects_wrong_rank():
     with pytest.raises(ValueError, match="expected a"):
         postprocess_mask(np.zeros((1, 10, 10)))
+
+
+def _scipy_postprocess(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+    """The MANet cleaning written with scipy.ndimage (fill holes, label, keep the two largest): the reference."""
+    from scipy import ndimage
+
+    labelled, count = ndimage.label(ndimage.binary_fill_holes(mask > 0))
+    sizes = np.bincount(labelled.ravel())[1:]
+    keep = [k + 1 for k in np.argsort(-sizes, kind="stable")[:2] if sizes[k] >= min_fraction * mask.size]
+    return np.isin(labelled, keep).astype(np.uint8)
+
+
+@pytest.mark.parametrize("min_fraction", [0.0, 0.005, 0.02])
+def test_same_mask_as_the_scipy_definition_on_random_blobs(min_fraction):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # thresholded smoothed noise: many components, holes, holes in holes, border contact
+        size = int(rng.integers(8, 96))
+        noise = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), rng.uniform(0.5, 3.0))
+        mask = (noise > rng.uniform(0.3, 0.7)).astype(np.uint8)
+        np.testing.assert_array_equal(postprocess_mask(mask, min_fraction), _scipy_postprocess(mask, min_fraction))
+
+
+def test_notch_open_to_the_outside_stays_background_hole_is_filled():
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 1
+    mask[8:12, 8:12] = 0  # a hole, 4-connected to nothing outside
+    mask[5, 5] = 0  # a notch in the corner: background, reached from outside
+    out = postprocess_mask(mask)
+    assert out[10, 10] == 1 and out[5, 5] == 0
