@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    # Progress lines on a terminal's stderr (a full run takes 4-16 minutes); never with --json.
-    say = (lambda line: print(line, file=sys.stderr, flush=True)) if not args.json and sys.stderr.isatty() else _quiet
+    # Progress lines on a terminal's stderr (a full run takes 4-16 minutes), with --json too: its JSON goes to stdout.
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if sys.stderr.isatty() else _quiet
     profiles = {}
     for profile in args.profile:
         say(f"profile {profile}: building the repository (cached when up to date) ...")

@@ -40,7 +40,7 @@ def test_an_open_ended_loop_runs_until_stopped_and_cycles_the_images():
 
 
 def test_requests_scale_with_concurrency():
-    assert requests_for(1) == 96 and requests_for(64) == 256
+    assert requests_for(1) == 400 and requests_for(64) == 400 and requests_for(256) == 1024
 
 
 def _row(c, img_s, p50, p99):
