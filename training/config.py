@@ -35,6 +35,9 @@ class TrainConfig:
     clahe_p: float = 0.0  # probability of CLAHE augmentation (cascade stage 2)
     workers: int = 0  # DataLoader worker processes (segmenter)
     init_from: str | None = None  # weights to start from, relative to the checkout
+    # "bf16": bfloat16 autocast for the training forward pass on the CPU (classifier). ~2.8x faster where the CPU
+    # has AMX (Intel Sapphire/Emerald Rapids); much slower where it has neither AMX nor AVX512-BF16
+    autocast: str | None = None
     # segmenter distillation: up to this many train images per manifest that have no lung mask get a teacher's
     # post-processed mask as their target (0: none); the teacher is a registry name and its weights file
     pseudo_labels: int = 0
@@ -43,6 +46,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.aspect_jitter = tuple(self.aspect_jitter)
+        if self.autocast not in (None, "bf16"):
+            raise ValueError(f"autocast must be 'bf16' or absent, got {self.autocast!r}")
         if self.pseudo_labels and not (self.teacher and self.teacher_weights):
             raise ValueError("pseudo_labels needs a teacher and its teacher_weights")
 

@@ -180,12 +180,16 @@ def train_epoch(trainer: Trainer, loader: DataLoader, cfg: TrainConfig, generato
     model = trainer.model
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
+    def logits_of(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", torch.bfloat16, enabled=cfg.autocast == "bf16"):
+            return forward(model, image, mask).float()
+
     def loss_of(image: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if hasattr(model, "moex") and torch.rand(1, generator=generator).item() < cfg.moex_p:
             perm = torch.randperm(len(image), generator=generator)  # MoEx (SEME models)
             with model.moex.exchange(perm):
-                return moex_loss(forward(model, image, mask), target, perm, cfg.moex_lambda)
-        return criterion(forward(model, image, mask), target)
+                return moex_loss(logits_of(image, mask), target, perm, cfg.moex_lambda)
+        return criterion(logits_of(image, mask), target)
 
     return loop.train_epoch(model, loader, loss_of, trainer.optimizer, trainer.scheduler, desc, trainer.update_ema)
 

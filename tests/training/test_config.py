@@ -37,3 +37,8 @@ def test_defaults_are_the_recipe_without_the_optional_parts():
 def test_distillation_without_a_teacher_is_refused():
     with pytest.raises(ValueError, match="pseudo_labels needs a teacher and its teacher_weights"):
         TrainConfig.from_dict({**BASE, "pseudo_labels": 10, "teacher": "lung_resunet18"})
+
+
+def test_an_unknown_autocast_is_refused():
+    with pytest.raises(ValueError, match="autocast must be 'bf16' or absent, got 'fp8'"):
+        TrainConfig.from_dict({**BASE, "autocast": "fp8"})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,24 @@ def test_classifier_fine_tunes_from_init_from_weights(tmp_path):
         assert torch.equal(loaded, value.half().to(loaded.dtype) if value.is_floating_point() else value), name
         assert torch.equal(trainer.ema.state_dict()[name], trainer.model.state_dict()[name]), name
     assert not torch.equal(fresh.model.state_dict()["backbone.fc.weight"], earlier.state_dict()["backbone.fc.weight"])
+
+
+def test_classifier_trains_under_bf16_autocast_with_fp32_weights():
+    """``autocast: bf16``: the training forward pass computes in bfloat16 (seen at the first convolution), the
+    weights stay FP32 and are updated; without it the forward pass is FP32."""
+    import torch
+
+    from training.config import TrainConfig
+    from training.train_classifier import Trainer, train_epoch
+
+    batches = [(torch.randn(2, 1, 64, 64), torch.ones(2, 1, 64, 64), torch.tensor([0, 3]))] * 2
+    for autocast, expected in (("bf16", torch.bfloat16), (None, torch.float32)):
+        cfg = TrainConfig(model="resnet18", epochs=1, batch_size=2, lr=1e-3, weight_decay=0.0, seed=0, autocast=autocast)
+        trainer = Trainer(cfg, steps=len(batches))
+        seen = []
+        trainer.model.backbone.conv1.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        before = trainer.model.backbone.conv1.weight.detach().clone()
+        loss = train_epoch(trainer, batches, cfg, torch.Generator().manual_seed(0), "smoke")
+        assert seen == [expected] * len(batches) and math.isfinite(loss)
+        assert trainer.model.backbone.conv1.weight.dtype == torch.float32
+        assert not torch.equal(trainer.model.backbone.conv1.weight, before)
