@@ -63,7 +63,12 @@ def pacs_and_gateway(triton, tmp_path):
 
 class StudiesUnderLoad:
     """A gateway whose results go to a real Orthanc and a modality C-STOREing ``datasets`` to it in bursts of four
-    every 1.5 s (in a thread, while the test breaks something); then whether each study got exactly one SR."""
+    (in a thread, while the test breaks something); then whether each study got exactly one SR.
+
+    The first burst goes out at :meth:`start`, which returns once its first results are in; the rest, 1.5 s
+    apart, only after the test calls :meth:`go_on` (it has broken what it breaks), so some studies always arrive
+    after the break, however fast the pipeline answered the first ones.
+    """
 
     def __init__(self, tmp_path, triton_url: str, datasets: list[pydicom.Dataset]) -> None:
         self.port = free_port()
@@ -74,16 +79,23 @@ class StudiesUnderLoad:
         self.datasets, self.uids = datasets, [ds.SOPInstanceUID for ds in datasets]
         self.statuses: list[int] = []
         self.sender = threading.Thread(target=self._send)
+        self._go_on = threading.Event()
 
     def _send(self) -> None:
         for i in range(0, len(self.datasets), 4):
+            if i:
+                self._go_on.wait()
+                time.sleep(1.5)
             self.statuses.extend(c_store(self.port, self.datasets[i : i + 4]))
-            time.sleep(1.5)
 
     def start(self) -> "StudiesUnderLoad":
         self.sender.start()
         wait_until(lambda: len(list(self.gateway.spool.done.glob("*.json"))) >= 2, what="the first results")
         return self
+
+    def go_on(self) -> None:
+        """The test has broken what it breaks: the modality sends the rest of the studies."""
+        self._go_on.set()
 
     def finish(self) -> tuple[list[dict], list[str]]:
         """Wait for every study; returns the spool's records and the image UID each SR in Orthanc refers to."""
@@ -91,6 +103,7 @@ class StudiesUnderLoad:
 
         from gateway.results import read_sr
 
+        self.go_on()
         self.sender.join()
         wait_until(lambda: all(self.gateway.spool.record(u) for u in self.uids), timeout_s=300, what="every instance handled")
         records = [self.gateway.spool.record(u) for u in self.uids]
@@ -98,5 +111,6 @@ class StudiesUnderLoad:
         return records, sorted(read_sr(s)["image"] for s in srs)
 
     def stop(self) -> None:
+        self.go_on()  # a test that failed before its break must not leave the modality waiting
         self.gateway.stop()
         self.orthanc.stop()

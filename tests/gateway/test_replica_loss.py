@@ -32,6 +32,7 @@ def test_a_replica_killed_under_gateway_load_loses_no_study(repository, test_row
         load.start()
         os.killpg(servers[1].process.pid, signal.SIGKILL)  # one replica and its stubs, for good
         sent_before_kill = len(load.statuses)
+        load.go_on()
         records, referenced = load.finish()
     finally:
         load.stop()
