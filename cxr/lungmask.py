@@ -17,8 +17,9 @@ def postprocess_mask(mask: np.ndarray, min_fraction: float = 0.005) -> np.ndarra
 
     Connected components are 4-connected (scipy.ndimage's default structure), for the lungs and for the holes
     (background not 4-connected to the image border). Of two components of equal size the one that starts
-    first in raster order ranks first. OpenCV's labelling, not ``scipy.ndimage.binary_fill_holes``: the same
-    mask, ~8x faster (1.9 -> 0.25 ms at 256 px; it runs for every served study, inside the router).
+    first in raster order ranks first. OpenCV's flood fill and labelling, not ``scipy.ndimage``: the same mask,
+    ~5x faster (2.0 -> 0.37 ms per 256 px mask on an Intel Xeon, Emerald Rapids; it runs for every served
+    study, inside the router).
 
     Args:
         mask: ``(H, W)`` array, non-zero = lung.
