@@ -30,6 +30,12 @@ class TrainConfig:
     warmup_fraction: float = 0.3  # of the one-cycle schedule
     patience: int | None = None  # epochs without a better val score before stopping; None: never
     aspect_jitter: tuple[float, float] = (1.0, 1.0)  # random width/height stretch range (classifiers)
+    hflip_p: float = 0.0  # probability of a left-right mirror (classifiers)
+    # batch mixing (classifiers, timm.data.Mixup): a batch is mixed with probability mix_prob, by Mixup
+    # (mixup_alpha > 0) or CutMix (cutmix_alpha > 0), half and half when both are set; targets become soft
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
     moex_p: float = 0.0  # probability of a MoEx batch (models with a MoEx layer)
     moex_lambda: float = 0.9
     clahe_p: float = 0.0  # probability of CLAHE augmentation (cascade stage 2)
@@ -48,6 +54,10 @@ class TrainConfig:
         self.aspect_jitter = tuple(self.aspect_jitter)
         if self.autocast not in (None, "bf16"):
             raise ValueError(f"autocast must be 'bf16' or absent, got {self.autocast!r}")
+        if not 0.0 <= self.hflip_p <= 1.0 or not 0.0 <= self.mix_prob <= 1.0:
+            raise ValueError(f"hflip_p and mix_prob are probabilities, got {self.hflip_p} and {self.mix_prob}")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {self.mixup_alpha} and {self.cutmix_alpha}")
         if self.pseudo_labels and not (self.teacher and self.teacher_weights):
             raise ValueError("pseudo_labels needs a teacher and its teacher_weights")
 

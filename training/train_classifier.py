@@ -23,6 +23,8 @@ from typing import Callable
 import numpy as np
 import torch
 from scipy.special import softmax
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import DataLoader
 
 from cxr.labels import LABELS
@@ -176,15 +178,33 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
 
+def batch_mixer(cfg: TrainConfig) -> Mixup | None:
+    """timm's Mixup / CutMix for this recipe (``mixup_alpha``, ``cutmix_alpha``, ``mix_prob``), or None.
+
+    Its soft targets carry the recipe's label smoothing. Image and lung mask are mixed together (one tensor, two
+    channels), so a mask-attention model's mask stays the mask of the pixels it attends to."""
+    if not (cfg.mixup_alpha or cfg.cutmix_alpha):
+        return None
+    return Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob, switch_prob=0.5,
+                 mode="batch", label_smoothing=cfg.label_smoothing, num_classes=len(LABELS))
+
+
 def train_epoch(trainer: Trainer, loader: DataLoader, cfg: TrainConfig, generator: torch.Generator, desc: str) -> float:
     model = trainer.model
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mixer = batch_mixer(cfg)
+    if mixer is not None and hasattr(model, "moex"):
+        raise ValueError(f"{cfg.model}: batch mixing (mixup_alpha / cutmix_alpha) and MoEx do not combine; set one")
 
     def logits_of(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", torch.bfloat16, enabled=cfg.autocast == "bf16"):
             return forward(model, image, mask).float()
 
     def loss_of(image: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if mixer is not None:
+            mixed, soft_target = mixer(torch.cat([image, mask], dim=1), target)
+            image, mask = mixed[:, : image.shape[1]], mixed[:, image.shape[1]:]
+            return SoftTargetCrossEntropy()(logits_of(image, mask), soft_target)
         if hasattr(model, "moex") and torch.rand(1, generator=generator).item() < cfg.moex_p:
             perm = torch.randperm(len(image), generator=generator)  # MoEx (SEME models)
             with model.moex.exchange(perm):
@@ -207,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         records = evenly(read_manifests(args.manifest, split), args.limit)  # --limit: smoke runs see every source
         masks = lung_masks(records)
         splits[split] = ClassificationDataset(records, spec, masks, augment=split == "train",
-                                              aspect_jitter=cfg.aspect_jitter)
+                                              aspect_jitter=cfg.aspect_jitter, hflip_p=cfg.hflip_p)
     loader = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=True)
 
     trainer = Trainer(cfg, epochs * len(loader))

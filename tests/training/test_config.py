@@ -42,3 +42,13 @@ def test_distillation_without_a_teacher_is_refused():
 def test_an_unknown_autocast_is_refused():
     with pytest.raises(ValueError, match="autocast must be 'bf16' or absent, got 'fp8'"):
         TrainConfig.from_dict({**BASE, "autocast": "fp8"})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("hflip_p", 1.5, "hflip_p and mix_prob are probabilities, got 1.5 and 1.0"),
+    ("mix_prob", -0.1, "hflip_p and mix_prob are probabilities, got 0.0 and -0.1"),
+    ("cutmix_alpha", -1.0, "mixup_alpha and cutmix_alpha must be >= 0, got 0.0 and -1.0"),
+])
+def test_out_of_range_augmentation_settings_are_refused(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict({**BASE, key: value})

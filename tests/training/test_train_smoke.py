@@ -275,3 +275,46 @@ def test_classifier_trains_under_bf16_autocast_with_fp32_weights():
         assert seen == [expected] * len(batches) and math.isfinite(loss)
         assert trainer.model.backbone.conv1.weight.dtype == torch.float32
         assert not torch.equal(trainer.model.backbone.conv1.weight, before)
+
+
+def test_batch_mixing_mixes_image_and_mask_together_with_soft_targets():
+    """``mixup_alpha`` / ``cutmix_alpha``: every batch (``mix_prob: 1``) is mixed with its reverse by timm's
+    Mixup; the lung mask rides in the same tensor, so a CutMix box lands on image and mask alike; the loss is the
+    soft-target cross-entropy and the weights are updated. MoEx models refuse it."""
+    import numpy as np
+    import torch
+
+    from training.config import TrainConfig
+    from training.train_classifier import Trainer, batch_mixer, train_epoch
+
+    np.random.seed(0)
+    cfg = TrainConfig(model="resnet18", epochs=1, batch_size=4, lr=1e-3, weight_decay=0.0, seed=0,
+                      cutmix_alpha=1.0, mix_prob=1.0, label_smoothing=0.1)
+    image = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 32, 32).contiguous()
+    mixed, soft = batch_mixer(cfg)(torch.cat([image, image.clone()], dim=1), torch.tensor([0, 1, 2, 3]))
+    assert torch.equal(mixed[:, 0], mixed[:, 1])  # image and mask cut alike
+    assert torch.equal(torch.unique(mixed[0]), torch.tensor([0.0, 3.0]))  # sample 0 holds a box of sample 3
+    assert torch.allclose(soft.sum(1), torch.ones(4)) and (soft[0, 3] > soft[0, 1])
+
+    batches = [(torch.randn(4, 1, 64, 64), torch.zeros(4, 1, 64, 64), torch.tensor([0, 1, 2, 3]))] * 2
+    trainer = Trainer(cfg, steps=len(batches))
+    before = trainer.model.backbone.conv1.weight.detach().clone()
+    assert math.isfinite(train_epoch(trainer, batches, cfg, torch.Generator().manual_seed(0), "mix"))
+    assert not torch.equal(trainer.model.backbone.conv1.weight, before)
+
+    seme = TrainConfig(model="seme_resnet18_slim", epochs=1, batch_size=4, lr=1e-3, weight_decay=0.0, seed=0,
+                       mixup_alpha=0.2)
+    with pytest.raises(ValueError, match="batch mixing .* and MoEx do not combine"):
+        train_epoch(Trainer(seme, steps=1), batches, seme, torch.Generator(), "mix")
+
+
+def test_hflip_mirrors_the_training_image_and_its_mask():
+    import numpy as np
+
+    from training.data.datasets import geometric_augment
+
+    image = np.zeros((8, 8), np.float32)
+    image[:, :2] = 1.0
+    out = geometric_augment(p=0.0, hflip_p=1.0)(image=image, mask=(image > 0).astype(np.uint8))
+    assert out["image"][:, -2:].all() and not out["image"][:, :-2].any()
+    assert np.array_equal(out["mask"], (out["image"] > 0).astype(np.uint8))

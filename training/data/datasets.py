@@ -24,17 +24,20 @@ def load_unit(record: Record, prepare: PrepareInput) -> np.ndarray:
     return prepare.unit(decoded.pixels)[0]
 
 
-def geometric_augment(p: float = 0.9, aspect_jitter: tuple[float, float] = (1.0, 1.0)) -> A.Compose:
+def geometric_augment(p: float = 0.9, aspect_jitter: tuple[float, float] = (1.0, 1.0), hflip_p: float = 0.0) -> A.Compose:
     """Shift/scale/rotate (MANet's segmentation augmentation), applied identically to image and mask.
 
     ``aspect_jitter=(lo, hi)`` scales the height independently of the width by a further factor in
     ``[lo, hi]``: the letterboxed originals (wider than tall, bands above and below) stretched towards the
     square, and 224 px squares (squashed by their source) squeezed towards the originals' aspect ratio.
+    ``hflip_p`` mirrors left and right with that probability (pneumonia is on either side; the heart moves
+    with the mirror, which a classifier of pneumonia should not lean on).
     """
     lo, hi = aspect_jitter
     scale = (0.9, 1.1) if (lo, hi) == (1.0, 1.0) else {"x": (0.9, 1.1), "y": (0.9 * lo, 1.1 * hi)}
+    mirror = [A.HorizontalFlip(p=hflip_p)] if hflip_p else []
     return A.Compose(
-        [A.Affine(translate_percent=(-0.06, 0.06), scale=scale, rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=p)]
+        mirror + [A.Affine(translate_percent=(-0.06, 0.06), scale=scale, rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=p)]
     )
 
 
@@ -83,7 +86,7 @@ class ClassificationDataset(Dataset):
 
     def __init__(
         self, records: Sequence[Record], spec: ModelSpec, lung_masks: Sequence[np.ndarray], augment: bool = False,
-        aspect_jitter: tuple[float, float] = (1.0, 1.0),
+        aspect_jitter: tuple[float, float] = (1.0, 1.0), hflip_p: float = 0.0,
     ) -> None:
         if len(lung_masks) != len(records):
             raise ValueError(f"{len(records)} records but {len(lung_masks)} lung masks")
@@ -93,7 +96,7 @@ class ClassificationDataset(Dataset):
         self.masks = [m if m.shape == size else cv2.resize(m, size[::-1], interpolation=cv2.INTER_NEAREST)
                       for m in lung_masks]
         self.targets = [label_index(r.label) for r in self.records]
-        self.geometric = geometric_augment(p=0.8, aspect_jitter=aspect_jitter) if augment else None
+        self.geometric = geometric_augment(p=0.8, aspect_jitter=aspect_jitter, hflip_p=hflip_p) if augment else None
         self.intensity = intensity_augment() if augment else None
 
     def __len__(self) -> int:
