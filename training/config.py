@@ -31,6 +31,9 @@ class TrainConfig:
     patience: int | None = None  # epochs without a better val score before stopping; None: never
     aspect_jitter: tuple[float, float] = (1.0, 1.0)  # random width/height stretch range (classifiers)
     hflip_p: float = 0.0  # probability of a left-right mirror (classifiers)
+    # draw training images with probability ~ n_label ** -class_balance (classifiers): 0 the data's own label
+    # frequencies, 1 every label equally often, 0.5 square-root balancing; an epoch is as long either way
+    class_balance: float = 0.0
     # batch mixing (classifiers, timm.data.Mixup): a batch is mixed with probability mix_prob, by Mixup
     # (mixup_alpha > 0) or CutMix (cutmix_alpha > 0), half and half when both are set; targets become soft
     mixup_alpha: float = 0.0
@@ -56,6 +59,8 @@ class TrainConfig:
             raise ValueError(f"autocast must be 'bf16' or absent, got {self.autocast!r}")
         if not 0.0 <= self.hflip_p <= 1.0 or not 0.0 <= self.mix_prob <= 1.0:
             raise ValueError(f"hflip_p and mix_prob are probabilities, got {self.hflip_p} and {self.mix_prob}")
+        if not 0.0 <= self.class_balance <= 1.0:
+            raise ValueError(f"class_balance must be in [0, 1], got {self.class_balance}")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {self.mixup_alpha} and {self.cutmix_alpha}")
         if self.pseudo_labels and not (self.teacher and self.teacher_weights):

@@ -35,7 +35,7 @@ from training.config import TrainConfig
 from training.common import (
     REPO, WEIGHTS_DIR, experiment_spec, load_weights, plot_curves, refuse_unservable_ship, save_weights, start_run,
 )
-from training.data.datasets import CachedImages, ClassificationDataset
+from training.data.datasets import CachedImages, ClassificationDataset, label_balanced_sampler
 from training.data.manifest import Record, evenly, read_manifests
 from training.layers.moex import moex_loss
 from training.metrics import abnormal_auc, calibration_bins, classification_report
@@ -228,7 +228,10 @@ def main(argv: list[str] | None = None) -> dict:
         masks = lung_masks(records)
         splits[split] = ClassificationDataset(records, spec, masks, augment=split == "train",
                                               aspect_jitter=cfg.aspect_jitter, hflip_p=cfg.hflip_p)
-    loader = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=True)
+    train = splits["train"]
+    order = ({"sampler": label_balanced_sampler(train.targets, cfg.class_balance, generator)} if cfg.class_balance
+             else {"shuffle": True, "generator": generator})
+    loader = DataLoader(train, batch_size=cfg.batch_size, drop_last=True, **order)
 
     trainer = Trainer(cfg, epochs * len(loader))
     checkpoint = out / "checkpoint.pt"

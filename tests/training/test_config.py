@@ -52,3 +52,8 @@ def test_an_unknown_autocast_is_refused():
 def test_out_of_range_augmentation_settings_are_refused(key, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict({**BASE, key: value})
+
+
+def test_a_class_balance_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match=r"class_balance must be in \[0, 1\], got 2.0"):
+        TrainConfig.from_dict({**BASE, "class_balance": 2.0})

@@ -318,3 +318,18 @@ def test_hflip_mirrors_the_training_image_and_its_mask():
     out = geometric_augment(p=0.0, hflip_p=1.0)(image=image, mask=(image > 0).astype(np.uint8))
     assert out["image"][:, -2:].all() and not out["image"][:, :-2].any()
     assert np.array_equal(out["mask"], (out["image"] > 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("power, shares", [(0.0, [0.60, 0.30, 0.10]), (0.5, [0.473, 0.334, 0.193]), (1.0, [1 / 3] * 3)])
+def test_label_balanced_sampler_draws_labels_as_count_to_the_one_minus_power(power, shares):
+    """Labels of 600 / 300 / 100 images: drawn as the data has them (0), by square root (0.5), equally (1)."""
+    import numpy as np
+    import torch
+
+    from training.data.datasets import label_balanced_sampler
+
+    targets = [0] * 600 + [1] * 300 + [2] * 100
+    sampler = label_balanced_sampler(targets, power, torch.Generator().manual_seed(0))
+    draws = np.concatenate([[targets[i] for i in sampler] for _ in range(20)])  # 20 epochs of 1,000 draws
+    assert len(list(sampler)) == len(targets)
+    assert np.allclose(np.bincount(draws) / len(draws), shares, atol=0.01)

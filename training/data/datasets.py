@@ -7,7 +7,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
 from cxr.labels import label_index
@@ -110,3 +110,13 @@ class ClassificationDataset(Dataset):
             image = np.clip(self.intensity(image=image)["image"], 0, 1)
         image_t = torch.from_numpy(self.cache.prepare.normalise(image))
         return image_t, torch.from_numpy(mask[None].astype(np.float32)), self.targets[i]
+
+
+def label_balanced_sampler(targets: Sequence[int], power: float, generator: torch.Generator) -> WeightedRandomSampler:
+    """Draw ``len(targets)`` indices with replacement, each with weight ``count(label) ** -power``: a label's share
+    of the draws goes as ``count ** (1 - power)`` (``power=1``: every label equally often; ``0.5``: square-root
+    balancing, the rare covid studies drawn about three times as often as they occur here)."""
+    labels, counts = np.unique(np.asarray(targets), return_counts=True)
+    per_label = dict(zip(labels.tolist(), counts.astype(np.float64) ** -power))
+    weights = torch.tensor([per_label[t] for t in targets], dtype=torch.float64)
+    return WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)
