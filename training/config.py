@@ -57,12 +57,12 @@ class TrainConfig:
         self.aspect_jitter = tuple(self.aspect_jitter)
         if self.autocast not in (None, "bf16"):
             raise ValueError(f"autocast must be 'bf16' or absent, got {self.autocast!r}")
-        if not 0.0 <= self.hflip_p <= 1.0 or not 0.0 <= self.mix_prob <= 1.0:
-            raise ValueError(f"hflip_p and mix_prob are probabilities, got {self.hflip_p} and {self.mix_prob}")
-        if not 0.0 <= self.class_balance <= 1.0:
-            raise ValueError(f"class_balance must be in [0, 1], got {self.class_balance}")
-        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-            raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {self.mixup_alpha} and {self.cutmix_alpha}")
+        for key in ("hflip_p", "mix_prob", "class_balance"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.pseudo_labels and not (self.teacher and self.teacher_weights):
             raise ValueError("pseudo_labels needs a teacher and its teacher_weights")
 

@@ -192,7 +192,7 @@ def batch_mixer(cfg: TrainConfig) -> Mixup | None:
 def train_epoch(trainer: Trainer, loader: DataLoader, cfg: TrainConfig, generator: torch.Generator, desc: str) -> float:
     model = trainer.model
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    mixer = batch_mixer(cfg)
+    mixer, soft_criterion = batch_mixer(cfg), SoftTargetCrossEntropy()
     if mixer is not None and hasattr(model, "moex"):
         raise ValueError(f"{cfg.model}: batch mixing (mixup_alpha / cutmix_alpha) and MoEx do not combine; set one")
 
@@ -204,7 +204,7 @@ def train_epoch(trainer: Trainer, loader: DataLoader, cfg: TrainConfig, generato
         if mixer is not None:
             mixed, soft_target = mixer(torch.cat([image, mask], dim=1), target)
             image, mask = mixed[:, : image.shape[1]], mixed[:, image.shape[1]:]
-            return SoftTargetCrossEntropy()(logits_of(image, mask), soft_target)
+            return soft_criterion(logits_of(image, mask), soft_target)
         if hasattr(model, "moex") and torch.rand(1, generator=generator).item() < cfg.moex_p:
             perm = torch.randperm(len(image), generator=generator)  # MoEx (SEME models)
             with model.moex.exchange(perm):

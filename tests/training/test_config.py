@@ -45,15 +45,12 @@ def test_an_unknown_autocast_is_refused():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("hflip_p", 1.5, "hflip_p and mix_prob are probabilities, got 1.5 and 1.0"),
-    ("mix_prob", -0.1, "hflip_p and mix_prob are probabilities, got 0.0 and -0.1"),
-    ("cutmix_alpha", -1.0, "mixup_alpha and cutmix_alpha must be >= 0, got 0.0 and -1.0"),
+    ("hflip_p", 1.5, r"hflip_p must be in \[0, 1\], got 1.5"),
+    ("mix_prob", -0.1, r"mix_prob must be in \[0, 1\], got -0.1"),
+    ("class_balance", 2.0, r"class_balance must be in \[0, 1\], got 2.0"),
+    ("mixup_alpha", -0.2, "mixup_alpha must be >= 0, got -0.2"),
+    ("cutmix_alpha", -1.0, "cutmix_alpha must be >= 0, got -1.0"),
 ])
-def test_out_of_range_augmentation_settings_are_refused(key, value, message):
+def test_out_of_range_augmentation_settings_are_refused_naming_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict({**BASE, key: value})
-
-
-def test_a_class_balance_outside_zero_to_one_is_refused():
-    with pytest.raises(ValueError, match=r"class_balance must be in \[0, 1\], got 2.0"):
-        TrainConfig.from_dict({**BASE, "class_balance": 2.0})
