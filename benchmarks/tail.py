@@ -16,7 +16,7 @@ wait for the segmenter, so their times add up to more than the request's). Repor
 - ``excess``: over the slowest tenth of the requests, the mean excess of each step over that step's own median
   (``client+transport``: the end-to-end latency not spent inside the ensemble), largest first.
 
-``--arena keep`` starts the server with ``CXR_ORT_ARENA=keep`` (:mod:`cxr.onnx_session`): the A/B for the
+``--arena shrink`` starts the server with ``CXR_ORT_ARENA=shrink`` (:mod:`cxr.onnx_session`): the A/B for the
 arena's shrink after every run.
 """
 from __future__ import annotations
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", default="build/model_repository")
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--arena", choices=("shrink", "keep"), default=os.environ.get("CXR_ORT_ARENA", "shrink"))
+    parser.add_argument("--arena", choices=("shrink", "keep"), default=os.environ.get("CXR_ORT_ARENA", "keep"))
     parser.add_argument("--out", default="build/bench/tail.json")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

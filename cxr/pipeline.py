@@ -12,7 +12,7 @@ import numpy as np
 
 from cxr.cascade import route_batch
 from cxr.model_config import parse
-from cxr.onnx_session import cpu_session
+from cxr.onnx_session import cpu_session, run_in_pieces
 from cxr.preprocess import prepare_bytes
 from cxr.release_record import read_release, serving_pins
 from cxr.specs import CAM, CLASSIFIER, COVID_STAGE2, LUNG_SEGMENTATION, PROBABILITIES, ROUTER, STAGE2_PROBABILITIES
@@ -62,11 +62,11 @@ class LocalPipeline:
         return np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
 
     def segment(self, seg_in: np.ndarray) -> np.ndarray:
-        return self.seg.run(None, {LUNG_SEGMENTATION.inputs[0].name: seg_in})[0]
+        return run_in_pieces(self.seg, None, {LUNG_SEGMENTATION.inputs[0].name: seg_in})[0]
 
     def classify(self, cls_in: np.ndarray, raw_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities ``(N, classes)`` and class-activation maps ``(N, classes, h, w)``."""
-        probs, cam = self.cls.run([PROBABILITIES.name, CAM.name], CLASSIFIER.feeds(cls_in, raw_masks))
+        probs, cam = run_in_pieces(self.cls, [PROBABILITIES.name, CAM.name], CLASSIFIER.feeds(cls_in, raw_masks))
         return probs, cam
 
     def run_batch(self, blobs: list[bytes]) -> list[LocalResult]:
@@ -79,7 +79,7 @@ class LocalPipeline:
         """Cascade stage 2: covid probability per lung-only image (session opened on first use)."""
         if self._stage2 is None:
             self._stage2 = cpu_session(self._stage2_file, self._threads)
-        probs = self._stage2.run([STAGE2_PROBABILITIES.name], {COVID_STAGE2.inputs[0].name: images})[0]
+        probs = run_in_pieces(self._stage2, [STAGE2_PROBABILITIES.name], {COVID_STAGE2.inputs[0].name: images})[0]
         return probs[:, COVID_STAGE2.labels.index("covid")]
 
     def route(self, probs: np.ndarray, cam: np.ndarray, raw: np.ndarray, cls_in: np.ndarray) -> list[LocalResult]:
