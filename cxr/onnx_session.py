@@ -50,6 +50,14 @@ def cpu_session(path: str | Path, threads: int = 2, arena: str | None = None):
     return session
 
 
+def piece_sizes(max_batch: int) -> list[int]:
+    """Every batch size a session runs under a ``max_batch`` cap: 1, 2, 4, ... up to the largest power of two
+    not above it (32 -> 1..32, 24 -> 1..16). ``piece_sizes(m)[-1]`` is the ``largest`` for :func:`run_in_pieces`."""
+    if max_batch < 1:
+        raise ValueError(f"need max_batch >= 1, got {max_batch}")
+    return [1 << k for k in range(max_batch.bit_length())]
+
+
 def power_of_two_pieces(n: int, largest: int) -> list[slice]:
     """Slices of ``range(n)`` whose lengths are powers of two no larger than ``largest``, largest first
     (``n=13``: 8, 4, 1). A session fed only these batch sizes sees at most ``log2(largest) + 1`` shapes."""

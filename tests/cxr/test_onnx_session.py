@@ -4,7 +4,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from cxr.onnx_session import cpu_session, power_of_two_pieces, run_in_pieces
+from cxr.onnx_session import cpu_session, piece_sizes, power_of_two_pieces, run_in_pieces
 
 
 @pytest.mark.parametrize("n", [*range(0, 70), 97, 1000])
@@ -16,6 +16,20 @@ def test_pieces_cover_the_batch_in_power_of_two_sizes(n):
     assert all(s & (s - 1) == 0 and 1 <= s <= 32 for s in sizes)
     assert sizes == sorted(sizes, reverse=True)
     assert len(set(sizes[sizes.count(32):])) == len(sizes) - sizes.count(32)  # below the cap, each size once
+
+
+@pytest.mark.parametrize("max_batch, sizes", [(1, [1]), (2, [1, 2]), (24, [1, 2, 4, 8, 16]),
+                                              (32, [1, 2, 4, 8, 16, 32])])
+def test_piece_sizes_are_every_size_the_pieces_can_take(max_batch, sizes):
+    assert piece_sizes(max_batch) == sizes
+    largest = sizes[-1]
+    seen = {p.stop - p.start for n in range(1, 3 * max_batch) for p in power_of_two_pieces(n, largest)}
+    assert seen == set(sizes)  # warming these sizes warms every shape a served batch can reach
+
+
+def test_piece_sizes_refuse_no_batch():
+    with pytest.raises(ValueError, match="max_batch >= 1"):
+        piece_sizes(0)
 
 
 @pytest.mark.parametrize("n, largest", [(-1, 8), (4, 0), (4, 12)])
