@@ -42,7 +42,10 @@ class ClassifierGraph(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(image, mask)  # a model without mask attention takes no mask
         logits = self.model.forward_head(features)
-        return logits, torch.softmax(logits / self.temperature, dim=1), self.model.class_activation_map(features)
+        # a lung-cropping model places its map back in the frame with the lung box, so it needs the mask again
+        cam = (self.model.class_activation_map(features, mask) if getattr(self.model, "lung_crop", False)
+               else self.model.class_activation_map(features))
+        return logits, torch.softmax(logits / self.temperature, dim=1), cam
 
 
 class ProbabilityGraph(nn.Module):

@@ -17,6 +17,7 @@ CASES = {
     "resnet18": ((2, 1, 64, 64), False, (2, 5)),
     "resnet18_ma": ((2, 1, 64, 64), True, (2, 5)),
     "resnet18_half": ((2, 1, 128, 128), False, (2, 5)),
+    "resnet18_lungcrop": ((2, 1, 128, 128), True, (2, 5)),
     "mobilenetv2_mdconv_resnet18_half": ((2, 1, 128, 128), False, (2, 5)),
     "resnet18_half_x2": ((2, 1, 128, 128), False, (2, 5)),
     "efficientnet_b0": ((2, 1, 64, 64), False, (2, 5)),

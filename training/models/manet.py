@@ -23,6 +23,7 @@ from timm.layers.cbam import CbamModule
 from torch import nn
 
 from training.layers import MaskContext, MaskedOutput
+from training.layers.lung_crop import crop, lung_box, uncrop
 from training.models.registry import register_model
 
 # Inception modules: the child conv(s) that end the largest-receptive-field branch.
@@ -77,13 +78,16 @@ class MaskedClassifier(nn.Module):
     ``forward(x, mask)``: image ``(B, in_chans, H, W)`` and, with MA, the lung mask ``(B, 1, H', W')``.
     ``input_pool`` > 1 averages the image over ``input_pool`` x ``input_pool`` blocks first: the network runs at
     a fraction of the served resolution (area downsampling, the same in training and in the exported graph).
+    ``lung_crop`` instead resamples the lung mask's bounding box to that fraction
+    (:mod:`training.layers.lung_crop`): the network reads the lungs only, and needs the mask.
     """
 
-    def __init__(self, backbone: nn.Module, mask_attention: bool, input_pool: int = 1) -> None:
+    def __init__(self, backbone: nn.Module, mask_attention: bool, input_pool: int = 1, lung_crop: bool = False) -> None:
         super().__init__()
-        if mask_attention and input_pool > 1:
-            raise ValueError(f"input_pool={input_pool} is for classifiers without mask attention (their mask is not pooled)")
+        if mask_attention and (input_pool > 1 or lung_crop):
+            raise ValueError("input_pool / lung_crop are for classifiers without mask attention (their mask is not pooled)")
         self.input_pool = input_pool
+        self.lung_crop = lung_crop
         self.mask_context = MaskContext() if mask_attention else None
         if mask_attention:
             for name in mask_points(backbone):
@@ -92,14 +96,19 @@ class MaskedClassifier(nn.Module):
 
     @property
     def uses_mask(self) -> bool:
-        return self.mask_context is not None
+        return self.mask_context is not None or self.lung_crop
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self._pool(x)
+        x = self._pool(x, mask)
         with self._mask(x, mask):
             return self.backbone(x)
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+    def _pool(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        size = (x.shape[-2] // self.input_pool, x.shape[-1] // self.input_pool)
+        if self.lung_crop:
+            if mask is None:
+                raise ValueError("this model crops the lungs: pass the lung mask (B, 1, H, W)")
+            return crop(x, lung_box(mask), size)
         return F.avg_pool2d(x, self.input_pool) if self.input_pool > 1 else x
 
     def _mask(self, x: torch.Tensor, mask: torch.Tensor | None):
@@ -119,7 +128,7 @@ class MaskedClassifier(nn.Module):
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C, H, W)`` image (+ lung mask with MA) -> ``(B, 512 or 2048, H/(32 input_pool), W/(32 input_pool))`` features."""
         net = self._resnet()
-        x = self._pool(x)
+        x = self._pool(x, mask)
         with self._mask(x, mask):
             x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
             return net.layer4(net.layer3(net.layer2(net.layer1(x))))
@@ -133,11 +142,19 @@ class MaskedClassifier(nn.Module):
         """The linear layer after global average pooling."""
         return self._resnet().fc
 
-    def class_activation_map(self, features: torch.Tensor) -> torch.Tensor:
+    def class_activation_map(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """CAM ``(B, num_classes, H/32, W/32)``: the linear head applied at every position (GAP+linear =>
         Grad-CAM). With ``input_pool`` the feature grid is coarser; the CAM is upsampled (bilinear, an integer
-        factor) to the grid every served classifier gives, and keeps its spatial mean: the logits."""
+        factor) to the grid every served classifier gives, and keeps its spatial mean: the logits. With
+        ``lung_crop`` the map over the lung box is placed back in the frame (the box from ``mask`` again), held at
+        its edge value outside it, and shifted so that its mean is still the logits."""
         cam = torch.einsum("kc,bchw->bkhw", self.head.weight, features) + self.head.bias[None, :, None, None]
+        if self.lung_crop:
+            if mask is None:
+                raise ValueError("this model crops the lungs: its CAM needs the lung mask to be placed in the frame")
+            size = (cam.shape[-2] * self.input_pool, cam.shape[-1] * self.input_pool)
+            full = uncrop(cam, lung_box(mask), size)
+            return full - full.mean((2, 3), keepdim=True) + cam.mean((2, 3), keepdim=True)
         if self.input_pool > 1:
             cam = F.interpolate(cam, scale_factor=self.input_pool, mode="bilinear", align_corners=False)
         return cam
@@ -153,7 +170,7 @@ def _first_conv(model: nn.Module) -> str:
 
 
 def _build(factory, num_classes: int, in_chans: int, mask_attention: bool, cbam: bool = False, input_pool: int = 1,
-           **kwargs) -> MaskedClassifier:
+           lung_crop: bool = False, **kwargs) -> MaskedClassifier:
     backbone = factory(weights=None, num_classes=num_classes, **kwargs)
     if cbam:
         add_cbam(backbone)
@@ -162,7 +179,7 @@ def _build(factory, num_classes: int, in_chans: int, mask_attention: bool, cbam:
         old = backbone.get_submodule(name)
         _replace(backbone, name, nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding,
                                            bias=old.bias is not None))
-    return MaskedClassifier(backbone, mask_attention, input_pool)
+    return MaskedClassifier(backbone, mask_attention, input_pool, lung_crop)
 
 
 def _register(name: str, factory, mask_attention: bool, doc: str, cbam: bool = False, **kwargs) -> None:
@@ -189,6 +206,10 @@ for _arch, _factory, _kwargs in (
 # than MobileNetV2 + MD-Conv's 0.39 GMAC in ONNX Runtime (dense convolutions run faster per MAC than depthwise).
 _register("resnet18_half", tvm.resnet18, False, "torchvision resnet18 on the input average-pooled 2x (128 px from 256)",
           input_pool=2)
+# The same network and MACs reading only the lungs: the segmenter's lung box resampled to 128 px.
+_register("resnet18_lungcrop", tvm.resnet18, False,
+          "torchvision resnet18 on the lung mask's bounding box resampled to 128 px (from the 256 px input)",
+          input_pool=2, lung_crop=True)
 _register("densenet121", tvm.densenet121, False, "torchvision DenseNet121 (MD-Conv paper Table 7 baseline)")
 for _arch, _factory in (("resnet34", tvm.resnet34), ("resnet50", tvm.resnet50)):
     _register(f"{_arch}_cbam", _factory, False, f"torchvision {_arch} with CBAM at the MA points (MANet Table 2)",
