@@ -49,32 +49,30 @@ def lung_box(mask: torch.Tensor, margin: float = 0.1, trim: float = 0.01, min_fr
     return torch.where(found[:, None], box, whole)
 
 
-def _grid(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Sampling grid ``(B, height, width, 2)`` of pixel centres spread over each box."""
-    ty = (torch.arange(height, dtype=box.dtype) * 2 + 1) / height - 1  # pixel centres in [-1, 1]
-    tx = (torch.arange(width, dtype=box.dtype) * 2 + 1) / width - 1
-    x0, y0, x1, y1 = (box[:, i, None] for i in range(4))
-    xs = x0 + (tx[None] + 1) / 2 * (x1 - x0)  # (B, width)
-    ys = y0 + (ty[None] + 1) / 2 * (y1 - y0)  # (B, height)
-    return torch.stack([xs[:, None, :].expand(-1, height, -1), ys[:, :, None].expand(-1, -1, width)], dim=-1)
+def _centres(n: int, like: torch.Tensor) -> torch.Tensor:
+    """The ``n`` pixel centres of an axis in normalised coordinates."""
+    return (torch.arange(n, dtype=like.dtype) * 2 + 1) / n - 1
+
+
+def _sample(values: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """``grid_sample`` of ``values`` at the separable grid ``xs (B, W) x ys (B, H)`` (border padding)."""
+    grid = torch.stack([xs[:, None, :].expand(-1, ys.shape[1], -1), ys[:, :, None].expand(-1, -1, xs.shape[1])], dim=-1)
+    return F.grid_sample(values, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def crop(image: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``image (B, C, H, W)`` inside ``box`` resampled to ``size``: bilinear at twice ``size``, then 2x2 means
     (a box shrunk by up to ~2x is not aliased)."""
-    fine = F.grid_sample(image, _grid(box, 2 * size[0], 2 * size[1]), mode="bilinear", padding_mode="border",
-                         align_corners=False)
-    return F.avg_pool2d(fine, 2)
+    x0, y0, x1, y1 = (box[:, i, None] for i in range(4))
+    xs = x0 + (_centres(2 * size[1], box)[None] + 1) / 2 * (x1 - x0)  # (B, 2 width)
+    ys = y0 + (_centres(2 * size[0], box)[None] + 1) / 2 * (y1 - y0)  # (B, 2 height)
+    return F.avg_pool2d(_sample(image, xs, ys), 2)
 
 
 def uncrop(values: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`crop` for a map over the box (e.g. a class-activation map): ``(B, K, h, w)`` over each box
     -> ``(B, K, *size)`` over the whole frame; outside the box the map holds its value at the box's edge."""
-    height, width = size
-    ty = (torch.arange(height, dtype=box.dtype) * 2 + 1) / height - 1
-    tx = (torch.arange(width, dtype=box.dtype) * 2 + 1) / width - 1
     x0, y0, x1, y1 = (box[:, i, None] for i in range(4))
-    us = (tx[None] - x0) / (x1 - x0) * 2 - 1  # where each frame position falls inside the box, normalised
-    vs = (ty[None] - y0) / (y1 - y0) * 2 - 1
-    grid = torch.stack([us[:, None, :].expand(-1, height, -1), vs[:, :, None].expand(-1, -1, width)], dim=-1)
-    return F.grid_sample(values, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    us = (_centres(size[1], box)[None] - x0) / (x1 - x0) * 2 - 1  # where each frame position falls in the box
+    vs = (_centres(size[0], box)[None] - y0) / (y1 - y0) * 2 - 1
+    return _sample(values, us, vs)

@@ -104,11 +104,10 @@ class MaskedClassifier(nn.Module):
             return self.backbone(x)
 
     def _pool(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        size = (x.shape[-2] // self.input_pool, x.shape[-1] // self.input_pool)
         if self.lung_crop:
             if mask is None:
                 raise ValueError("this model crops the lungs: pass the lung mask (B, 1, H, W)")
-            return crop(x, lung_box(mask), size)
+            return crop(x, lung_box(mask), (x.shape[-2] // self.input_pool, x.shape[-1] // self.input_pool))
         return F.avg_pool2d(x, self.input_pool) if self.input_pool > 1 else x
 
     def _mask(self, x: torch.Tensor, mask: torch.Tensor | None):
